@@ -1,0 +1,12 @@
+// coproc: child processes as first-class citizens of the Boost.Asio event loop.
+#pragma once
+
+#include <coproc/child.hpp>
+#include <coproc/command.hpp>
+#include <coproc/config.hpp>
+#include <coproc/error.hpp>
+#include <coproc/exit_status.hpp>
+#include <coproc/merged_reader.hpp>
+#include <coproc/pipeline.hpp>
+#include <coproc/run.hpp>
+#include <coproc/stream.hpp>

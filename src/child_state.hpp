@@ -1,0 +1,40 @@
+// The shared state behind a coproc::child.
+#pragma once
+
+#include <coproc/child.hpp>
+
+#include <boost/asio/posix/stream_descriptor.hpp>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace coproc::detail {
+
+struct child_state {
+  child_state(const executor_type& ex) : ex(ex), pidfd(ex), in(ex), out(ex), err(ex) {}
+
+  executor_type ex;
+  std::string program;
+  int pid = -1;
+  asio::posix::stream_descriptor pidfd;
+  pipe_writer in;
+  pipe_reader out;
+  pipe_reader err;
+  std::optional<exit_status> status;
+  bool detached = false;
+  int pgid = 0;  // the process group signal_tree targets; 0: none of its own
+
+  /// Records the exit if the process has been reaped; true once reaped.
+  bool poll_exit(error_code& ec);
+  void signal(int sig, error_code& ec);
+  void signal_tree(int sig, error_code& ec);
+};
+
+}  // namespace coproc::detail
+
+namespace coproc::detail {
+/// spawn() that joins process group `pgid` (0: as the command says).
+child spawn_in_group(const executor_type& ex, const command& cmd, int pgid, error_code& ec,
+                     std::string& what);
+}  // namespace coproc::detail

@@ -1,0 +1,215 @@
+#include "launch.hpp"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cerrno>
+#include <csignal>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+
+// The child runs on its own stack but shares the parent's memory until execve, like
+// posix_spawn does. Only raw system calls run there: no allocation, no locks, no libc state,
+// and no sanitizer instrumentation or interceptors (their bookkeeping lives in the shared
+// memory of the suspended parent thread).
+#define COPROC_CHILD_CODE __attribute__((no_sanitize("address", "undefined", "thread"), noinline))
+
+namespace coproc::detail {
+namespace {
+
+constexpr std::size_t child_stack_size = 64 * 1024;
+constexpr int max_signal = 64;
+
+// The kernel's struct sigaction for rt_sigaction(2) on Linux (x86-64, arm64, riscv64).
+struct kernel_sigaction {
+  void* handler;
+  unsigned long flags;
+  void* restorer;
+  unsigned long mask;
+};
+
+struct child_args {
+  const launch_request* req;
+  pid_t parent;
+  int error;
+  const char* stage;
+};
+
+COPROC_CHILD_CODE [[noreturn]] void child_fail(child_args* a, const char* stage) {
+  a->error = errno;
+  a->stage = stage;
+  syscall(SYS_exit_group, 127);
+  __builtin_unreachable();
+}
+
+COPROC_CHILD_CODE int child_main(void* arg) {
+  auto* a = static_cast<child_args*>(arg);
+  const launch_request& r = *a->req;
+
+  // Default signal handlers (the parent's handlers must never run in this half-born
+  // process) and SIGPIPE back to default even if the parent ignores it.
+  for (int sig = 1; sig <= max_signal; ++sig) {
+    kernel_sigaction old{};
+    if (syscall(SYS_rt_sigaction, sig, nullptr, &old, sizeof(unsigned long)) != 0) continue;
+    const bool ignored = old.handler == reinterpret_cast<void*>(SIG_IGN);
+    const bool dfl = old.handler == reinterpret_cast<void*>(SIG_DFL);
+    if (dfl || (ignored && sig != SIGPIPE)) continue;
+    kernel_sigaction dflt{};
+    dflt.handler = reinterpret_cast<void*>(SIG_DFL);
+    syscall(SYS_rt_sigaction, sig, &dflt, nullptr, sizeof(unsigned long));
+  }
+
+  if (r.new_session) {
+    if (syscall(SYS_setsid) < 0) child_fail(a, "setsid");
+  } else if (r.new_group || r.join_group > 0) {
+    if (syscall(SYS_setpgid, 0, r.join_group) < 0) child_fail(a, "setpgid");
+  }
+  if (r.die_with_parent) {
+    if (syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) child_fail(a, "prctl");
+    if (syscall(SYS_getppid) != a->parent) syscall(SYS_exit_group, 127);
+  }
+  if (r.cwd && syscall(SYS_chdir, r.cwd) < 0) child_fail(a, "chdir");
+
+  // Place the requested descriptors. First move every source above all numbers involved
+  // so that no dup3 can overwrite a source that is still needed.
+  int top = 2;
+  for (int i = 0; i < r.nfds; ++i) {
+    if (r.fds[i].child_fd > top) top = r.fds[i].child_fd;
+    if (r.fds[i].parent_fd > top) top = r.fds[i].parent_fd;
+  }
+  int temp[256];
+  for (int i = 0; i < r.nfds; ++i) {
+    if (r.fds[i].parent_fd == r.fds[i].child_fd) {
+      temp[i] = -1;
+      continue;
+    }
+    long t = syscall(SYS_fcntl, r.fds[i].parent_fd, F_DUPFD_CLOEXEC, top + 1);
+    if (t < 0) child_fail(a, "fcntl(F_DUPFD)");
+    temp[i] = static_cast<int>(t);
+  }
+  for (int i = 0; i < r.nfds; ++i) {
+    if (temp[i] < 0) {
+      if (syscall(SYS_fcntl, r.fds[i].child_fd, F_SETFD, 0) < 0) child_fail(a, "fcntl(F_SETFD)");
+    } else if (syscall(SYS_dup3, temp[i], r.fds[i].child_fd, 0) < 0) {
+      child_fail(a, "dup3");
+    }
+  }
+  // Close everything from 3 up that was not asked for, whether close-on-exec or not.
+  unsigned int next = 3;
+  for (int i = 0; i <= r.nfds; ++i) {
+    unsigned int keep = i < r.nfds ? static_cast<unsigned int>(r.fds[i].child_fd) : ~0U;
+    if (i < r.nfds && keep < 3) continue;
+    if (keep > next) {
+      unsigned int last = keep == ~0U ? ~0U : keep - 1;
+      if (syscall(SYS_close_range, next, last, 0) < 0) {
+        // Kernels before 5.9: close one by one up to the descriptor limit.
+        rlimit lim{};
+        syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, nullptr, &lim);
+        unsigned long stop = last == ~0U ? lim.rlim_cur : last + 1UL;
+        for (unsigned long fd = next; fd < stop; ++fd) syscall(SYS_close, fd);
+      }
+    }
+    if (keep != ~0U) next = keep + 1;
+  }
+
+  if (r.nofile) syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, r.nofile, nullptr);
+
+  unsigned long empty_mask = 0;
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &empty_mask, nullptr, sizeof(unsigned long));
+
+  syscall(SYS_execve, r.path, r.argv, r.envp);
+  child_fail(a, "execve");
+}
+
+// One child stack per thread, reused: the parent thread is suspended while the child runs
+// on it (CLONE_VFORK), so a thread never needs two.
+char* child_stack_top() noexcept {
+  struct stack {
+    void* base = MAP_FAILED;
+    ~stack() {
+      if (base != MAP_FAILED) munmap(base, child_stack_size);
+    }
+  };
+  thread_local stack s;
+  if (s.base == MAP_FAILED) {
+    s.base = mmap(nullptr, child_stack_size, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (s.base == MAP_FAILED) return nullptr;
+  }
+  return static_cast<char*>(s.base) + child_stack_size;
+}
+
+rlimit original_nofile;
+bool nofile_raised = false;
+
+}  // namespace
+
+const rlimit* raise_nofile_limit() noexcept {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    rlimit lim{};
+    if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= lim.rlim_max) return;
+    original_nofile = lim;
+    rlimit raised = lim;
+    raised.rlim_cur = lim.rlim_max;
+    nofile_raised = setrlimit(RLIMIT_NOFILE, &raised) == 0;
+  });
+  return nofile_raised ? &original_nofile : nullptr;
+}
+
+launch_result launch(const launch_request& req) noexcept {
+  launch_result res;
+  if (req.nfds > 256) {
+    res.error = EMFILE;
+    res.stage = "pass_fd (at most 256 descriptors)";
+    return res;
+  }
+  char* stack = child_stack_top();
+  if (!stack) {
+    res.error = errno;
+    res.stage = "mmap";
+    return res;
+  }
+  child_args args{&req, getpid(), 0, nullptr};
+
+  // Block every signal so that no handler of the parent runs on the shared memory in the
+  // child before it resets them; the child starts with an empty mask.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int pidfd = -1;
+  int pid = clone(child_main, stack, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, &pidfd);
+  const int clone_errno = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+
+  if (pid < 0) {
+    res.error = clone_errno;
+    res.stage = "clone";
+    return res;
+  }
+  if (args.stage) {
+    // The child exited before execve: reap it now (it is already a zombie or about to be).
+    siginfo_t info{};
+    while (waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd), &info, WEXITED) < 0 &&
+           errno == EINTR) {
+    }
+    close(pidfd);
+    res.error = args.error;
+    res.stage = args.stage;
+    return res;
+  }
+  res.pid = pid;
+  res.pidfd = pidfd;
+  return res;
+}
+
+}  // namespace coproc::detail
