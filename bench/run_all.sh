@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Builds the benchmarks with the `bench` preset (Release, build/bench) and runs them all.
+# Figures go to stdout as `name: value unit` lines (medians over the runs); build output
+# goes to stderr.
+#
+#   bench/run_all.sh [--runs N] [--quick] [--no-build] [--jobs J]
+#
+# --quick shrinks the work (500 spawns, 500 live children, 128 MiB reads, 200 children for
+# memory) for a smoke test; its figures are noisier and not the ones to report.
+set -euo pipefail
+
+runs=5
+quick=0
+build=1
+jobs=2
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --runs) runs="$2"; shift 2 ;;
+    --runs=*) runs="${1#*=}"; shift ;;
+    --quick) quick=1; shift ;;
+    --no-build) build=0; shift ;;
+    --jobs) jobs="$2"; shift 2 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "run_all.sh: unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+if [[ $build -eq 1 ]]; then
+  cmake --preset bench >&2
+  cmake --build --preset bench -j "$jobs" >&2
+fi
+bin="$root/build/bench/bench"
+
+spawn_args=() read_args=() memory_args=()
+if [[ $quick -eq 1 ]]; then
+  spawn_args=(--total 500 --live 500 --live-total 500)
+  read_args=(--bytes $((128 << 20)) --python-line-bytes $((32 << 20)))
+  memory_args=(--children 200)
+fi
+
+echo "# coproc benchmarks: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(uname -r), runs=$runs (medians)"
+echo "# spawn_bench"
+"$bin/spawn_bench" --runs "$runs" "${spawn_args[@]}"
+echo "# read_bench"
+"$bin/read_bench" --runs "$runs" "${read_args[@]}"
+echo "# memory_bench"
+"$bin/memory_bench" --runs "$runs" "${memory_args[@]}"
