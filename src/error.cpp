@@ -38,9 +38,11 @@ const boost::system::error_category& category() noexcept {
 spawn_error::spawn_error(error_code ec, std::string program, std::string message)
     : boost::system::system_error(ec), program_(std::move(program)), message_(std::move(message)) {}
 
-process_error::process_error(std::string program, exit_status status, std::string stderr_tail)
+process_error::process_error(std::string program, exit_status status, std::string stderr_tail,
+                             std::string where)
     : boost::system::system_error(make_error_code(errc::nonzero_exit)),
-      message_("\"" + program + "\" failed with " + status.to_string() +
+      message_("\"" + program + "\"" + (where.empty() ? "" : " (" + where + ")") + " failed with " +
+               status.to_string() +
                (stderr_tail.empty() ? std::string{}
                                     : "; stderr ends with:\n" + tail_lines(stderr_tail))),
       program_(std::move(program)),

@@ -1,5 +1,6 @@
 #include "launch.hpp"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -148,6 +149,22 @@ char* child_stack_top() noexcept {
   return static_cast<char*>(s.base) + child_stack_size;
 }
 
+// ThreadSanitizer intercepts clone() and treats it as fork(), after which it refuses to
+// start threads; its interceptor also runs in the CLONE_VM child. Call glibc's own clone.
+using clone_fn = int (*)(int (*)(void*), void*, int, void*, ...);
+clone_fn libc_clone() noexcept {
+#if defined(__SANITIZE_THREAD__)
+  static clone_fn fn = [] {
+    void* libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    void* sym = libc ? dlsym(libc, "clone") : nullptr;
+    return sym ? reinterpret_cast<clone_fn>(sym) : &::clone;
+  }();
+  return fn;
+#else
+  return &::clone;
+#endif
+}
+
 rlimit original_nofile;
 bool nofile_raised = false;
 
@@ -187,7 +204,8 @@ launch_result launch(const launch_request& req) noexcept {
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   int pidfd = -1;
-  int pid = clone(child_main, stack, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args, &pidfd);
+  int pid = libc_clone()(child_main, stack, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args,
+                         &pidfd);
   const int clone_errno = errno;
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
 

@@ -26,7 +26,7 @@ struct fd_closer {
 };
 
 std::vector<child> spawn_stages(const executor_type& ex, const pipeline& p, error_code& ec,
-                                std::string& what) {
+                                std::string& what, std::string& failed_program) {
   std::vector<child> stages;
   const auto& cmds = p.stages();
   if (cmds.empty()) {
@@ -53,7 +53,10 @@ std::vector<child> spawn_stages(const executor_type& ex, const pipeline& p, erro
     }
     if (i == 0) c.new_process_group();
     child ch = detail::spawn_in_group(ex, c, pgid, ec, what);
-    if (ec) break;
+    if (ec) {
+      failed_program = c.program();
+      break;
+    }
     if (i == 0) pgid = ch.pid();
     stages.push_back(std::move(ch));
     std::swap(prev_read.fd, next_read.fd);
@@ -66,9 +69,9 @@ std::vector<child> spawn_stages(const executor_type& ex, const pipeline& p, erro
 
 std::vector<child> spawn(const executor_type& ex, const pipeline& p) {
   error_code ec;
-  std::string what;
-  auto stages = spawn_stages(ex, p, ec, what);
-  if (ec) throw spawn_error(ec, p.stages().empty() ? "" : p.stages().front().program(), what);
+  std::string what, failed;
+  auto stages = spawn_stages(ex, p, ec, what, failed);
+  if (ec) throw spawn_error(ec, failed, what);
   return stages;
 }
 
@@ -81,9 +84,9 @@ bool pipeline_result::success() const noexcept {
 const pipeline_result& pipeline_result::check() const& {
   for (std::size_t i = 0; i < statuses.size(); ++i)
     if (!statuses[i].success())
-      throw process_error(programs[i] + " (stage " + std::to_string(i + 1) + " of " +
-                              std::to_string(statuses.size()) + ")",
-                          statuses[i], err);
+      throw process_error(
+          programs[i], statuses[i], err,
+          "stage " + std::to_string(i + 1) + " of " + std::to_string(statuses.size()));
   return *this;
 }
 
@@ -126,8 +129,8 @@ void start_run_pipeline(const executor_type& ex, pipeline p,
   if (!cmds.back().std_out_config()) cmds.back().std_out(stdio::pipe());
 
   error_code ec;
-  std::string what;
-  auto stages = spawn_stages(ex, p, ec, what);
+  std::string what, failed;
+  auto stages = spawn_stages(ex, p, ec, what, failed);
   if (ec) return fail(ec);
   ::close(std::exchange(err_write.fd, -1));
 

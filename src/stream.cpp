@@ -3,7 +3,10 @@
 #include <coproc/error.hpp>
 
 #include <boost/asio/compose.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/system_executor.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <pthread.h>
 #include <unistd.h>
@@ -46,347 +49,418 @@ error_code errno_code(int e) { return {e, boost::system::system_category()}; }
 
 }  // namespace
 
-// Operations need the reader's private buffer; they live here rather than in the header.
-struct reader_access {
-  static void ensure_buffer(pipe_reader& r) {
-    if (!r.buf_) {
-      r.cap_ = std::max<std::size_t>(initial_buffer, 4096);
-      r.buf_.reset(new char[r.cap_]);
-    }
+namespace detail {
+
+struct reader_impl {
+  reader_impl(const executor_type& ex, int fd, std::size_t max) : fd(ex, fd), max_line(max) {}
+  asio::posix::stream_descriptor fd;
+  std::unique_ptr<char[]> buf;  // allocated on the first read, so idle children cost nothing
+  std::size_t cap = 0, begin = 0, end = 0;
+  std::size_t scanned = 0;  // bytes after `begin` already known to hold no newline
+  std::size_t max_line;
+  bool eof = false;
+
+  std::size_t buffered() const noexcept { return end - begin; }
+};
+
+struct writer_impl {
+  writer_impl(const executor_type& ex, int fd) : fd(ex, fd) {}
+  asio::posix::stream_descriptor fd;
+};
+
+}  // namespace detail
+
+namespace {
+
+using detail::reader_impl;
+using reader_ptr = std::shared_ptr<reader_impl>;
+
+// Makes room for at least one more byte at the end of the buffer, keeping the unread bytes.
+// Growth is bounded: next_line() reports a line longer than max_line before it grows further.
+void make_room(reader_impl& r) {
+  if (!r.buf) {
+    r.cap = initial_buffer;
+    r.buf.reset(new char[r.cap]);
   }
-
-  // Makes room for at least one more byte at the end of the buffer, keeping the unread
-  // bytes. Growth is bounded by max_line (plus room for "\r\n").
-  static void make_room(pipe_reader& r) {
-    ensure_buffer(r);
-    if (r.begin_ == r.end_) r.begin_ = r.end_ = 0;
-    if (r.end_ < r.cap_) return;
-    const std::size_t used = r.end_ - r.begin_;
-    if (r.begin_ > 0 && used < r.cap_ / 2 + 1) {
-      std::memmove(r.buf_.get(), r.buf_.get() + r.begin_, used);
-    } else {
-      std::size_t cap = std::max(r.cap_ * 2, used + 1);
-      auto nb = std::make_unique<char[]>(cap);
-      std::memcpy(nb.get(), r.buf_.get() + r.begin_, used);
-      r.buf_ = std::move(nb);
-      r.cap_ = cap;
-    }
-    r.begin_ = 0;
-    r.end_ = used;
+  if (r.begin == r.end) r.begin = r.end = 0;
+  if (r.end < r.cap) return;
+  const std::size_t used = r.end - r.begin;
+  if (r.begin > 0 && used < r.cap / 2 + 1) {
+    std::memmove(r.buf.get(), r.buf.get() + r.begin, used);
+  } else {
+    std::size_t cap = std::max(r.cap * 2, used + 1);
+    auto nb = std::make_unique<char[]>(cap);
+    std::memcpy(nb.get(), r.buf.get() + r.begin, used);
+    r.buf = std::move(nb);
+    r.cap = cap;
   }
+  r.begin = 0;
+  r.end = used;
+}
 
-  enum class scan { line, need_more, too_long, eof_line, eof };
+enum class scan { line, need_more, too_long, eof_line, eof };
 
-  // Looks for the next complete line. On `line`/`eof_line`, [*b, *e) is the line.
-  static scan next_line(pipe_reader& r, const char** b, const char** e) {
-    const char* base = r.buf_ ? r.buf_.get() + r.begin_ : nullptr;
-    const std::size_t avail = r.end_ - r.begin_;
-    if (avail > r.scanned_) {
-      if (auto* nl =
-              static_cast<const char*>(std::memchr(base + r.scanned_, '\n', avail - r.scanned_))) {
-        std::size_t len = static_cast<std::size_t>(nl - base);
-        r.begin_ += len + 1;
-        r.scanned_ = 0;
-        if (len > 0 && base[len - 1] == '\r') --len;
-        if (len > r.max_line_) {
-          r.begin_ -= (static_cast<std::size_t>(nl - base) + 1);  // keep the bytes
-          r.scanned_ = 0;
-          return scan::too_long;
-        }
-        *b = base;
-        *e = base + len;
-        return scan::line;
-      }
-      r.scanned_ = avail;
-    }
-    if (avail > r.max_line_ + 1) return scan::too_long;
-    if (r.eof_) {
-      if (avail == 0) return scan::eof;
-      std::size_t len = avail;
-      r.begin_ = r.end_;
-      r.scanned_ = 0;
+// Looks for the next complete line. On `line`/`eof_line`, [*b, *e) is the line.
+scan next_line(reader_impl& r, const char** b, const char** e) {
+  const char* base = r.buf ? r.buf.get() + r.begin : nullptr;
+  const std::size_t avail = r.end - r.begin;
+  if (avail > r.scanned) {
+    if (auto* nl =
+            static_cast<const char*>(std::memchr(base + r.scanned, '\n', avail - r.scanned))) {
+      const std::size_t raw = static_cast<std::size_t>(nl - base);
+      std::size_t len = raw;
+      if (len > 0 && base[len - 1] == '\r') --len;
+      if (len > r.max_line) return scan::too_long;  // the bytes stay buffered
+      r.begin += raw + 1;
+      r.scanned = 0;
       *b = base;
       *e = base + len;
-      return scan::eof_line;
+      return scan::line;
     }
-    return scan::need_more;
+    r.scanned = avail;
   }
+  if (avail > r.max_line + 1) return scan::too_long;
+  if (r.eof) {
+    if (avail == 0) return scan::eof;
+    r.begin = r.end;
+    r.scanned = 0;
+    *b = base;
+    *e = base + avail;
+    return scan::eof_line;
+  }
+  return scan::need_more;
+}
 
-  // Reads more bytes into the buffer, then calls self(ec).
+// Reads more bytes into the buffer, then calls self(ec, n).
+template <typename Self>
+void fill(reader_impl& r, Self&& self) {
+  make_room(r);
+  r.fd.async_read_some(asio::buffer(r.buf.get() + r.end, r.cap - r.end), std::forward<Self>(self));
+}
+
+// Applies the result of fill(): true if the caller may scan again, false on error.
+bool filled(reader_impl& r, error_code& ec, std::size_t n) {
+  r.end += n;
+  if (ec == asio::error::eof) {
+    r.eof = true;
+    ec = {};
+  }
+  return !ec;
+}
+
+// Common shape of the operations: `waited` is false while still inside the initiating
+// function, where completing is not allowed; such results go through post.
+struct op_base {
+  reader_ptr r;
+  bool waited = false;
+  bool posted = false;
+  error_code result{};
+
   template <typename Self>
-  static void fill(pipe_reader& r, Self&& self) {
-    make_room(r);
-    r.fd_.async_read_some(asio::buffer(r.buf_.get() + r.end_, r.cap_ - r.end_),
-                          std::forward<Self>(self));
+  void post_result(Self& self) {
+    posted = true;
+    asio::post(self.get_io_executor(), std::move(self));
   }
+};
 
-  // Applies the result of fill(): true if the caller may scan again, false on error.
-  static bool filled(pipe_reader& r, error_code& ec, std::size_t n) {
-    r.end_ += n;
-    if (ec == asio::error::eof) {
-      r.eof_ = true;
-      ec = {};
+struct read_some_op : op_base {
+  asio::mutable_buffer b;
+  std::size_t bytes = 0;
+
+  template <typename Self>
+  void operator()(Self& self) {
+    if (posted) return self.complete(result, bytes);
+    if (!r || (!r->fd.is_open() && r->buffered() == 0 && !r->eof)) {
+      result = asio::error::bad_descriptor;
+    } else if (r->buffered() > 0) {
+      bytes = std::min(b.size(), r->buffered());
+      std::memcpy(b.data(), r->buf.get() + r->begin, bytes);
+      r->begin += bytes;
+      r->scanned = r->scanned > bytes ? r->scanned - bytes : 0;
+    } else if (r->eof) {
+      result = asio::error::eof;
+    } else if (b.size() > 0) {
+      waited = true;
+      return r->fd.async_read_some(b, std::move(self));
     }
-    return !ec;
+    post_result(self);
   }
+  template <typename Self>
+  void operator()(Self& self, error_code ec, std::size_t n) {
+    if (ec == asio::error::eof) r->eof = true;
+    self.complete(ec, n);
+  }
+};
 
-  struct read_some_op {
-    pipe_reader* r;
-    asio::mutable_buffer b;
-    bool started = false;
-    error_code result{};
-    std::size_t bytes = 0;
+struct read_line_op : op_base {
+  std::optional<std::string> line{};
 
-    template <typename Self>
-    void operator()(Self& self) {
-      if (started) return self.complete(result, bytes);
-      started = true;
-      if (r->buffered() > 0 || r->eof_ || b.size() == 0 || !r->is_open()) {
-        if (!r->is_open())
-          result = asio::error::bad_descriptor;
-        else if (b.size() == 0)
-          bytes = 0;
-        else if (r->buffered() == 0)
-          result = asio::error::eof;
-        else {
-          bytes = std::min(b.size(), r->buffered());
-          std::memcpy(b.data(), r->buf_.get() + r->begin_, bytes);
-          r->begin_ += bytes;
-          r->scanned_ = r->scanned_ > bytes ? r->scanned_ - bytes : 0;
-        }
-        return asio::post(self.get_io_executor(), std::move(self));
-      }
-      r->fd_.async_read_some(b, std::move(self));
+  template <typename Self>
+  void operator()(Self& self) {
+    if (posted) return self.complete(result, std::move(line));
+    if (!r || (!r->fd.is_open() && !r->eof && r->buffered() == 0)) {
+      result = asio::error::bad_descriptor;
+      return post_result(self);
     }
-    template <typename Self>
-    void operator()(Self& self, error_code ec, std::size_t n) {
-      if (ec == asio::error::eof) r->eof_ = true;
-      self.complete(ec, n);
+    if (scan_once()) return post_result(self);
+    waited = true;
+    fill(*r, std::move(self));
+  }
+  template <typename Self>
+  void operator()(Self& self, error_code ec, std::size_t n) {
+    if (!filled(*r, ec, n)) return self.complete(ec, std::nullopt);
+    if (scan_once()) return self.complete(result, std::move(line));
+    fill(*r, std::move(self));
+  }
+  // True when the operation has its result.
+  bool scan_once() {
+    const char *b, *e;
+    switch (next_line(*r, &b, &e)) {
+      case scan::line:
+      case scan::eof_line: line.emplace(b, e); return true;
+      case scan::too_long: result = make_error_code(errc::line_too_long); return true;
+      case scan::eof: return true;
+      case scan::need_more: return false;
     }
-  };
+    return true;
+  }
+};
 
-  struct read_line_op {
-    pipe_reader* r;
-    bool started = false;
-    error_code result{};
-    std::optional<std::string> line{};
+struct for_each_op : op_base {
+  std::function<void(std::string_view)> fn;
+  std::size_t lines = 0;
+  bool done = false;
 
-    template <typename Self>
-    void operator()(Self& self) {
-      if (started) return self.complete(result, std::move(line));
-      started = true;
-      if (!r->is_open() && !r->eof_) {
-        result = asio::error::bad_descriptor;
-        return asio::post(self.get_io_executor(), std::move(self));
-      }
-      if (scan_once()) return asio::post(self.get_io_executor(), std::move(self));
-      fill(*r, std::move(self));
+  template <typename Self>
+  void operator()(Self& self) {
+    if (posted) return self.complete(result, lines);
+    if (!r || (!r->fd.is_open() && !r->eof && r->buffered() == 0)) {
+      result = asio::error::bad_descriptor;
+      return post_result(self);
     }
-    template <typename Self>
-    void operator()(Self& self, error_code ec, std::size_t n) {
-      if (!filled(*r, ec, n)) return self.complete(ec, std::nullopt);
-      if (scan_once()) return self.complete(result, std::move(line));
-      fill(*r, std::move(self));
-    }
-    // True when the operation has its result.
-    bool scan_once() {
-      const char *b, *e;
+    drain();
+    if (done) return post_result(self);
+    waited = true;
+    fill(*r, std::move(self));
+  }
+  template <typename Self>
+  void operator()(Self& self, error_code ec, std::size_t n) {
+    if (!filled(*r, ec, n)) return self.complete(ec, lines);
+    drain();
+    if (done) return self.complete(result, lines);
+    fill(*r, std::move(self));
+  }
+  void drain() {
+    const char *b, *e;
+    for (;;) {
       switch (next_line(*r, &b, &e)) {
         case scan::line:
-        case scan::eof_line: line.emplace(b, e); return true;
-        case scan::too_long: result = make_error_code(errc::line_too_long); return true;
-        case scan::eof: return true;
-        case scan::need_more: return false;
+        case scan::eof_line:
+          ++lines;
+          fn(std::string_view(b, static_cast<std::size_t>(e - b)));
+          continue;
+        case scan::too_long:
+          result = make_error_code(errc::line_too_long);
+          done = true;
+          return;
+        case scan::eof: done = true; return;
+        case scan::need_more: return;
       }
+    }
+  }
+};
+
+struct read_all_op : op_base {
+  std::size_t limit;
+  std::string out{};
+
+  template <typename Self>
+  void operator()(Self& self) {
+    if (posted) return self.complete(result, std::move(out));
+    if (!r || (!r->fd.is_open() && !r->eof && r->buffered() == 0)) {
+      result = asio::error::bad_descriptor;
+      return post_result(self);
+    }
+    if (take()) return post_result(self);
+    waited = true;
+    fill(*r, std::move(self));
+  }
+  template <typename Self>
+  void operator()(Self& self, error_code ec, std::size_t n) {
+    if (!filled(*r, ec, n)) {
+      take();
+      return self.complete(ec, std::move(out));
+    }
+    if (take()) return self.complete(result, std::move(out));
+    fill(*r, std::move(self));
+  }
+  // Moves buffered bytes into `out`; true when finished.
+  bool take() {
+    const std::size_t avail = r->buffered();
+    const std::size_t room = limit - out.size();
+    const std::size_t n = std::min(avail, room);
+    if (n > 0) out.append(r->buf.get() + r->begin, n);
+    r->begin += n;
+    r->scanned = 0;
+    if (avail > room) {
+      result = make_error_code(errc::output_limit_exceeded);
       return true;
     }
-  };
-
-  struct for_each_op {
-    pipe_reader* r;
-    std::function<void(std::string_view)> fn;
-    std::size_t lines = 0;
-    bool started = false;
-    error_code result{};
-    bool done = false;
-
-    template <typename Self>
-    void operator()(Self& self) {
-      if (started) return self.complete(result, lines);
-      started = true;
-      if (!r->is_open() && !r->eof_) {
-        result = asio::error::bad_descriptor;
-        return asio::post(self.get_io_executor(), std::move(self));
-      }
-      drain();
-      if (done) return asio::post(self.get_io_executor(), std::move(self));
-      fill(*r, std::move(self));
-    }
-    template <typename Self>
-    void operator()(Self& self, error_code ec, std::size_t n) {
-      if (!filled(*r, ec, n)) return self.complete(ec, lines);
-      drain();
-      if (done) return self.complete(result, lines);
-      fill(*r, std::move(self));
-    }
-    void drain() {
-      const char *b, *e;
-      for (;;) {
-        switch (next_line(*r, &b, &e)) {
-          case scan::line:
-            ++lines;
-            fn(std::string_view(b, static_cast<std::size_t>(e - b)));
-            continue;
-          case scan::eof_line:
-            ++lines;
-            fn(std::string_view(b, static_cast<std::size_t>(e - b)));
-            continue;
-          case scan::too_long:
-            result = make_error_code(errc::line_too_long);
-            done = true;
-            return;
-          case scan::eof: done = true; return;
-          case scan::need_more: return;
-        }
-      }
-    }
-  };
-
-  struct read_all_op {
-    pipe_reader* r;
-    std::size_t limit;
-    std::string out{};
-    bool started = false;
-    error_code result{};
-
-    template <typename Self>
-    void operator()(Self& self) {
-      if (started) return self.complete(result, std::move(out));
-      started = true;
-      if (!r->is_open() && !r->eof_) {
-        result = asio::error::bad_descriptor;
-        return asio::post(self.get_io_executor(), std::move(self));
-      }
-      if (take()) return asio::post(self.get_io_executor(), std::move(self));
-      fill(*r, std::move(self));
-    }
-    template <typename Self>
-    void operator()(Self& self, error_code ec, std::size_t n) {
-      if (!filled(*r, ec, n)) return self.complete(ec, std::move(out));
-      if (take()) return self.complete(result, std::move(out));
-      fill(*r, std::move(self));
-    }
-    // Moves buffered bytes into `out`; true when finished.
-    bool take() {
-      std::size_t avail = r->buffered();
-      std::size_t room = limit - out.size();
-      std::size_t n = std::min(avail, room);
-      out.append(r->buf_ ? r->buf_.get() + r->begin_ : "", n);
-      r->begin_ += n;
-      r->scanned_ = 0;
-      if (avail > room) {
-        result = make_error_code(errc::output_limit_exceeded);
-        return true;
-      }
-      return r->eof_;
-    }
-  };
-
-  struct write_op {
-    asio::posix::stream_descriptor* fd;
-    asio::const_buffer b;
-    std::size_t done = 0;
-    bool waited = false;  // false while still inside the initiating function
-    bool posted = false;
-    error_code result{};
-
-    template <typename Self>
-    void operator()(Self& self, error_code ec = {}) {
-      if (posted) return self.complete(result, done);
-      if (ec) return self.complete(ec, done);
-      if (!fd->is_open()) result = asio::error::bad_descriptor;
-      while (!result && done < b.size()) {
-        ssize_t n = write_no_sigpipe(fd->native_handle(), static_cast<const char*>(b.data()) + done,
-                                     b.size() - done);
-        if (n >= 0) {
-          done += static_cast<std::size_t>(n);
-        } else if (errno == EAGAIN) {
-          waited = true;
-          fd->async_wait(asio::posix::descriptor_base::wait_write, std::move(self));
-          return;
-        } else {
-          result = errno_code(errno);
-        }
-      }
-      if (!waited) {
-        // Completing inside the initiating function is not allowed: go through post.
-        posted = true;
-        return asio::post(self.get_io_executor(), std::move(self));
-      }
-      self.complete(result, done);
-    }
-  };
+    return r->eof;
+  }
 };
+
+struct write_op {
+  std::shared_ptr<detail::writer_impl> w;
+  asio::const_buffer b;
+  std::size_t done = 0;
+  bool waited = false;  // false while still inside the initiating function
+  bool posted = false;
+  error_code result{};
+
+  template <typename Self>
+  void operator()(Self& self, error_code ec = {}) {
+    if (posted) return self.complete(result, done);
+    if (ec) return self.complete(ec, done);
+    if (!w || !w->fd.is_open()) result = asio::error::bad_descriptor;
+    while (!result && done < b.size()) {
+      ssize_t n = write_no_sigpipe(w->fd.native_handle(), static_cast<const char*>(b.data()) + done,
+                                   b.size() - done);
+      if (n >= 0) {
+        done += static_cast<std::size_t>(n);
+      } else if (errno == EAGAIN) {
+        waited = true;
+        w->fd.async_wait(asio::posix::descriptor_base::wait_write, std::move(self));
+        return;
+      } else {
+        result = errno_code(errno);
+      }
+    }
+    if (waited) return self.complete(result, done);
+    posted = true;
+    asio::post(self.get_io_executor(), std::move(self));
+  }
+};
+
+// The I/O executor of an operation: the pipe's, or the system executor for a closed one.
+executor_type io_executor(asio::posix::stream_descriptor* fd) {
+  if (fd) return fd->get_executor();
+  return asio::system_executor();
+}
+
+}  // namespace
 
 // --- pipe_reader ---------------------------------------------------------------------
 
-pipe_reader::pipe_reader(const executor_type& ex) : fd_(ex) {}
 pipe_reader::pipe_reader(const executor_type& ex, int fd, std::size_t max_line)
-    : fd_(ex, fd), max_line_(max_line) {}
+    : p_(std::make_shared<detail::reader_impl>(ex, fd, max_line)) {}
 pipe_reader::pipe_reader(pipe_reader&&) noexcept = default;
-pipe_reader& pipe_reader::operator=(pipe_reader&&) noexcept = default;
-pipe_reader::~pipe_reader() = default;
+pipe_reader& pipe_reader::operator=(pipe_reader&& other) noexcept {
+  if (this != &other) {
+    close();
+    p_ = std::move(other.p_);
+  }
+  return *this;
+}
+pipe_reader::~pipe_reader() { close(); }
+
+executor_type pipe_reader::get_executor() const noexcept {
+  return io_executor(p_ ? &p_->fd : nullptr);
+}
+bool pipe_reader::is_open() const noexcept { return p_ && p_->fd.is_open(); }
+int pipe_reader::native_handle() const noexcept { return is_open() ? p_->fd.native_handle() : -1; }
+bool pipe_reader::eof() const noexcept { return p_ && p_->eof; }
+std::size_t pipe_reader::buffered() const noexcept { return p_ ? p_->buffered() : 0; }
+void pipe_reader::set_max_line(std::size_t bytes) noexcept {
+  if (p_) p_->max_line = bytes;
+}
+std::size_t pipe_reader::max_line() const noexcept {
+  return p_ ? p_->max_line : std::size_t{1} << 20;
+}
 
 void pipe_reader::close() {
+  if (!p_) return;
   error_code ignored;
-  fd_.close(ignored);
+  p_->fd.close(ignored);
 }
 
 void pipe_reader::start_read_some(asio::mutable_buffer b,
                                   asio::any_completion_handler<void(error_code, std::size_t)> h) {
+  read_some_op op{{p_}, b};
   asio::async_compose<decltype(h), void(error_code, std::size_t)>(
-      reader_access::read_some_op{this, b}, h, fd_);
+      std::move(op), h, io_executor(p_ ? &p_->fd : nullptr));
 }
 
 void pipe_reader::start_read_line(
     asio::any_completion_handler<void(error_code, std::optional<std::string>)> h) {
   asio::async_compose<decltype(h), void(error_code, std::optional<std::string>)>(
-      reader_access::read_line_op{this}, h, fd_);
+      read_line_op{{p_}}, h, io_executor(p_ ? &p_->fd : nullptr));
+}
+
+asio::awaitable<std::optional<std::string>> pipe_reader::read_line_awaitable() {
+  if (p_) {
+    const char *b, *e;
+    switch (next_line(*p_, &b, &e)) {
+      case scan::line:
+      case scan::eof_line: co_return std::string(b, e);
+      case scan::eof: co_return std::nullopt;
+      case scan::too_long:  // the general operation reports it
+      case scan::need_more: break;
+    }
+  }
+  co_return co_await asio::async_initiate<const asio::use_awaitable_t<>,
+                                          void(error_code, std::optional<std::string>)>(
+      [this](auto handler) { start_read_line(std::move(handler)); }, asio::use_awaitable);
 }
 
 void pipe_reader::start_read_all(std::size_t limit,
                                  asio::any_completion_handler<void(error_code, std::string)> h) {
+  read_all_op op{{p_}, limit};
   asio::async_compose<decltype(h), void(error_code, std::string)>(
-      reader_access::read_all_op{this, limit}, h, fd_);
+      std::move(op), h, io_executor(p_ ? &p_->fd : nullptr));
 }
 
 void pipe_reader::start_for_each_line(
     std::function<void(std::string_view)> fn,
     asio::any_completion_handler<void(error_code, std::size_t)> h) {
+  for_each_op op{{p_}, std::move(fn)};
   asio::async_compose<decltype(h), void(error_code, std::size_t)>(
-      reader_access::for_each_op{this, std::move(fn)}, h, fd_);
+      std::move(op), h, io_executor(p_ ? &p_->fd : nullptr));
 }
 
 // --- pipe_writer ---------------------------------------------------------------------
 
-pipe_writer::pipe_writer(const executor_type& ex) : fd_(ex) {}
-pipe_writer::pipe_writer(const executor_type& ex, int fd) : fd_(ex, fd) {
+pipe_writer::pipe_writer(const executor_type& ex, int fd)
+    : p_(std::make_shared<detail::writer_impl>(ex, fd)) {
   error_code ignored;
-  fd_.non_blocking(true, ignored);
+  p_->fd.non_blocking(true, ignored);
 }
 pipe_writer::pipe_writer(pipe_writer&&) noexcept = default;
-pipe_writer& pipe_writer::operator=(pipe_writer&&) noexcept = default;
-pipe_writer::~pipe_writer() = default;
+pipe_writer& pipe_writer::operator=(pipe_writer&& other) noexcept {
+  if (this != &other) {
+    close();
+    p_ = std::move(other.p_);
+  }
+  return *this;
+}
+pipe_writer::~pipe_writer() { close(); }
+
+executor_type pipe_writer::get_executor() const noexcept {
+  return io_executor(p_ ? &p_->fd : nullptr);
+}
+bool pipe_writer::is_open() const noexcept { return p_ && p_->fd.is_open(); }
+int pipe_writer::native_handle() const noexcept { return is_open() ? p_->fd.native_handle() : -1; }
 
 void pipe_writer::close() {
+  if (!p_) return;
   error_code ignored;
-  fd_.close(ignored);
+  p_->fd.close(ignored);
 }
 
 void pipe_writer::start_write(asio::const_buffer b,
                               asio::any_completion_handler<void(error_code, std::size_t)> h) {
-  asio::async_compose<decltype(h), void(error_code, std::size_t)>(reader_access::write_op{&fd_, b},
-                                                                  h, fd_);
+  asio::async_compose<decltype(h), void(error_code, std::size_t)>(
+      write_op{p_, b}, h, io_executor(p_ ? &p_->fd : nullptr));
 }
 
 }  // namespace coproc

@@ -104,6 +104,7 @@ TEST_F(pipeline_test, check_is_pipefail_and_names_the_first_failing_stage) {
     std::string what = e.what();
     EXPECT_NE(what.find("stage-two"), std::string::npos) << what;
     EXPECT_EQ(what.find("stage-three"), std::string::npos) << what;
+    EXPECT_NE(what.find("stage 2 of 3"), std::string::npos) << what;
     EXPECT_NE(what.find("exit code 4"), std::string::npos) << what;
   }
 }

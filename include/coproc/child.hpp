@@ -35,6 +35,9 @@ class child {
  public:
   using executor_type = coproc::executor_type;
 
+  /// An empty child (as after a failed spawn or a move): only `pid()` (-1), `running()`
+  /// (false), assignment and destruction may be used.
+  child() noexcept = default;
   child(child&&) noexcept;
   child& operator=(child&&) noexcept;
   ~child();
@@ -70,7 +73,8 @@ class child {
   std::optional<exit_status> try_wait();
   /// The status once the child was reaped.
   std::optional<exit_status> status() const noexcept;
-  /// True until the child is reaped (an exited but unreaped child counts as running).
+  /// True until the child is reaped or detached (an exited but unreaped child counts as
+  /// running).
   bool running() const noexcept;
 
   /// Sends `sig` to the child. No effect once reaped (so never a recycled pid).
@@ -102,7 +106,7 @@ class child {
 /// unopenable stdio file, out of processes or descriptors; each names the program or path
 /// and the errno text. A failed spawn leaves no process and no descriptor behind.
 child spawn(const executor_type& ex, const command& cmd);
-/// As above, reporting failure through `ec` (the returned child is then empty: pid() -1).
+/// As above, reporting failure through `ec` (the returned child is then empty).
 child spawn(const executor_type& ex, const command& cmd, error_code& ec);
 
 /// Asynchronous form of `spawn` for uniformity with the other operations. The child is

@@ -77,6 +77,11 @@ struct limits {
 /// settings. A value type: copy it, change it, spawn it many times. Arguments are passed
 /// verbatim (no shell) unless built with `command::shell`.
 ///
+/// Every child starts with: descriptors 0, 1, 2 and those given to `pass_fd`, nothing else
+/// (close-on-exec or not); default handlers for every signal the parent catches, SIGPIPE at
+/// its default even if the parent ignores it, other ignored signals still ignored; an empty
+/// signal mask; the parent's original RLIMIT_NOFILE (see docs/design.md).
+///
 ///     auto c = command{"git", "log", "-n", "3"}.cwd(repo).std_err(stdio::null());
 class command {
  public:

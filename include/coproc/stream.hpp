@@ -5,8 +5,8 @@
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/buffer.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
 
 #include <cstddef>
 #include <functional>
@@ -14,8 +14,14 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 namespace coproc {
+
+namespace detail {
+struct reader_impl;
+struct writer_impl;
+}  // namespace detail
 
 /// Reads bytes, lines or everything from a pipe, with a bounded line length.
 ///
@@ -27,30 +33,35 @@ namespace coproc {
 /// types). A cancelled operation completes with `asio::error::operation_aborted` and
 /// consumes nothing.
 ///
-/// Destruction closes the pipe; outstanding operations complete with `operation_aborted`.
+/// Destruction and move are allowed while an operation is outstanding: destruction closes
+/// the pipe and the operation completes with `operation_aborted`.
 class pipe_reader {
  public:
   using executor_type = coproc::executor_type;
 
-  /// A closed reader.
-  explicit pipe_reader(const executor_type& ex);
+  /// A closed reader (it holds no resources).
+  pipe_reader() noexcept = default;
+  explicit pipe_reader(const executor_type&) noexcept {}
   /// Takes ownership of `fd`, the read end of a pipe.
   pipe_reader(const executor_type& ex, int fd, std::size_t max_line = std::size_t{1} << 20);
   pipe_reader(pipe_reader&&) noexcept;
   pipe_reader& operator=(pipe_reader&&) noexcept;
   ~pipe_reader();
 
-  executor_type get_executor() noexcept { return fd_.get_executor(); }
-  bool is_open() const noexcept { return fd_.is_open(); }
-  int native_handle() { return fd_.native_handle(); }
-  /// Closes the pipe; the child then gets EPIPE/SIGPIPE when it writes.
+  /// The executor of the pipe (the system executor for a closed reader).
+  executor_type get_executor() const noexcept;
+  bool is_open() const noexcept;
+  /// The descriptor, or -1.
+  int native_handle() const noexcept;
+  /// Closes the pipe; the child then gets EPIPE/SIGPIPE when it writes. Outstanding
+  /// operations complete with `operation_aborted`; buffered bytes stay readable.
   void close();
   /// True after end-of-file was read (buffered bytes may remain).
-  bool eof() const noexcept { return eof_; }
+  bool eof() const noexcept;
   /// Bytes read from the pipe but not yet consumed.
-  std::size_t buffered() const noexcept { return end_ - begin_; }
-  void set_max_line(std::size_t bytes) noexcept { max_line_ = bytes; }
-  std::size_t max_line() const noexcept { return max_line_; }
+  std::size_t buffered() const noexcept;
+  void set_max_line(std::size_t bytes) noexcept;
+  std::size_t max_line() const noexcept;
 
   /// Reads at least one byte into `buffer` (buffered bytes first).
   /// Completion: `void(error_code, std::size_t bytes)`; `asio::error::eof` at end of file.
@@ -68,8 +79,14 @@ class pipe_reader {
   /// Completion: `void(error_code, std::optional<std::string>)`.
   template <typename Token = default_token>
   auto async_read_line(Token&& token = {}) {
-    return asio::async_initiate<Token, void(error_code, std::optional<std::string>)>(
-        [this](auto handler) { start_read_line(std::move(handler)); }, token);
+    if constexpr (std::is_same_v<std::decay_t<Token>, asio::use_awaitable_t<>>) {
+      // Coroutines take a line that is already buffered without a trip through the
+      // scheduler; otherwise this is the general operation below.
+      return read_line_awaitable();
+    } else {
+      return asio::async_initiate<Token, void(error_code, std::optional<std::string>)>(
+          [this](auto handler) { start_read_line(std::move(handler)); }, token);
+    }
   }
 
   /// Reads until end-of-file and returns everything. Errors: `errc::output_limit_exceeded`
@@ -111,34 +128,36 @@ class pipe_reader {
   void start_for_each_line(std::function<void(std::string_view)> fn,
                            asio::any_completion_handler<void(error_code, std::size_t)> h);
 
-  friend struct reader_access;
-  asio::posix::stream_descriptor fd_;
-  std::unique_ptr<char[]> buf_;  // allocated on first read, so idle children cost nothing
-  std::size_t cap_ = 0, begin_ = 0, end_ = 0;
-  std::size_t scanned_ = 0;  // bytes after begin_ already known to hold no newline
-  std::size_t max_line_ = std::size_t{1} << 20;
-  bool eof_ = false;
+  asio::awaitable<std::optional<std::string>> read_line_awaitable();
+
+  // Shared with outstanding operations, so destroying the reader never leaves them dangling.
+  std::shared_ptr<detail::reader_impl> p_;
 };
 
 /// Writes to a pipe. Writing after the child closed its end completes with
 /// `asio::error::broken_pipe` (EPIPE); the parent never receives SIGPIPE for it.
 ///
 /// Cancellation: per-operation, all types; a cancelled write reports the bytes written.
-/// Destruction closes the pipe (the child sees end-of-file).
+/// Destruction closes the pipe (the child sees end-of-file); an outstanding write then
+/// completes with `operation_aborted`.
 class pipe_writer {
  public:
   using executor_type = coproc::executor_type;
 
-  explicit pipe_writer(const executor_type& ex);
+  /// A closed writer (it holds no resources).
+  pipe_writer() noexcept = default;
+  explicit pipe_writer(const executor_type&) noexcept {}
   /// Takes ownership of `fd`, the write end of a pipe.
   pipe_writer(const executor_type& ex, int fd);
   pipe_writer(pipe_writer&&) noexcept;
   pipe_writer& operator=(pipe_writer&&) noexcept;
   ~pipe_writer();
 
-  executor_type get_executor() noexcept { return fd_.get_executor(); }
-  bool is_open() const noexcept { return fd_.is_open(); }
-  int native_handle() { return fd_.native_handle(); }
+  /// The executor of the pipe (the system executor for a closed writer).
+  executor_type get_executor() const noexcept;
+  bool is_open() const noexcept;
+  /// The descriptor, or -1.
+  int native_handle() const noexcept;
   /// Closes the pipe: the child reads end-of-file.
   void close();
 
@@ -154,7 +173,7 @@ class pipe_writer {
  private:
   void start_write(asio::const_buffer b,
                    asio::any_completion_handler<void(error_code, std::size_t)> h);
-  asio::posix::stream_descriptor fd_;
+  std::shared_ptr<detail::writer_impl> p_;
 };
 
 }  // namespace coproc
