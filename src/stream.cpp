@@ -19,7 +19,10 @@
 namespace coproc {
 namespace {
 
-constexpr std::size_t initial_buffer = 64 * 1024;
+// The read buffer starts small (an idle reader of a quiet child costs little) and grows while
+// reads fill it, up to the size the parent's pipes are grown to.
+constexpr std::size_t initial_buffer = 4 * 1024;
+constexpr std::size_t max_read_buffer = 1024 * 1024;
 
 // write(2) that reports EPIPE without letting SIGPIPE reach the process: the signal is
 // blocked for this thread during the call and a SIGPIPE it raised is consumed. Thread-local
@@ -59,6 +62,7 @@ struct reader_impl {
   std::size_t scanned = 0;  // bytes after `begin` already known to hold no newline
   std::size_t max_line;
   bool eof = false;
+  bool last_read_full = false;  // the previous read filled all the free space
 
   std::size_t buffered() const noexcept { return end - begin; }
 };
@@ -82,17 +86,20 @@ void make_room(reader_impl& r) {
     r.cap = initial_buffer;
     r.buf.reset(new char[r.cap]);
   }
-  if (r.begin == r.end) r.begin = r.end = 0;
-  if (r.end < r.cap) return;
   const std::size_t used = r.end - r.begin;
-  if (r.begin > 0 && used < r.cap / 2 + 1) {
-    std::memmove(r.buf.get(), r.buf.get() + r.begin, used);
-  } else {
-    std::size_t cap = std::max(r.cap * 2, used + 1);
+  if (used == 0) r.begin = r.end = 0;
+  const bool grow = r.last_read_full && r.cap < max_read_buffer;
+  r.last_read_full = false;
+  if (!grow && r.end < r.cap) return;
+  std::size_t cap = grow ? std::min(r.cap * 4, max_read_buffer) : r.cap;
+  if (used >= cap / 2) cap = std::max(cap * 2, used + 1);  // a long line needs the room
+  if (cap != r.cap) {
     auto nb = std::make_unique<char[]>(cap);
     std::memcpy(nb.get(), r.buf.get() + r.begin, used);
     r.buf = std::move(nb);
     r.cap = cap;
+  } else {
+    std::memmove(r.buf.get(), r.buf.get() + r.begin, used);
   }
   r.begin = 0;
   r.end = used;
@@ -140,6 +147,7 @@ void fill(reader_impl& r, Self&& self) {
 
 // Applies the result of fill(): true if the caller may scan again, false on error.
 bool filled(reader_impl& r, error_code& ec, std::size_t n) {
+  r.last_read_full = n > 0 && r.end + n == r.cap;
   r.end += n;
   if (ec == asio::error::eof) {
     r.eof = true;
