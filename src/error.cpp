@@ -28,6 +28,11 @@ std::string tail_lines(const std::string& s) {
   return s.substr(start);
 }
 
+std::string without_final_newline(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+
 }  // namespace
 
 const boost::system::error_category& category() noexcept {
@@ -41,10 +46,12 @@ spawn_error::spawn_error(error_code ec, std::string program, std::string message
 process_error::process_error(std::string program, exit_status status, std::string stderr_tail,
                              std::string where)
     : boost::system::system_error(make_error_code(errc::nonzero_exit)),
-      message_("\"" + program + "\"" + (where.empty() ? "" : " (" + where + ")") + " failed with " +
+      message_("\"" + program + "\"" +
+               (where.empty() || where == program ? "" : " (" + where + ")") + " failed with " +
                status.to_string() +
-               (stderr_tail.empty() ? std::string{}
-                                    : "; stderr ends with:\n" + tail_lines(stderr_tail))),
+               (stderr_tail.empty()
+                    ? std::string{}
+                    : "; stderr ends with:\n" + without_final_newline(tail_lines(stderr_tail)))),
       program_(std::move(program)),
       status_(status),
       stderr_tail_(tail_lines(stderr_tail)) {}

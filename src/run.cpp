@@ -13,7 +13,8 @@
 namespace coproc {
 
 const completed& completed::check() const& {
-  if (!status.success()) throw process_error(program, status, err.empty() ? out : err);
+  if (!status.success())
+    throw process_error(program, status, err.empty() ? out : err, command_line);
   return *this;
 }
 
@@ -45,6 +46,7 @@ void start_run(const executor_type& ex, command cmd,
   if (ec) {
     completed result;
     result.program = cmd.program();
+    result.command_line = cmd.to_string();
     return post_completion(ex, std::move(handler), ec, std::move(result));
   }
   start_run_child(ex, std::move(c), cmd, std::move(handler));
@@ -54,6 +56,7 @@ void start_run_child(const executor_type& ex, child c, const command& cmd,
                      asio::any_completion_handler<void(error_code, completed)> handler) {
   completed result;
   result.program = cmd.program();
+  result.command_line = cmd.to_string();
   auto engine = std::make_shared<run_engine>(
       ex, run_engine::settings{cmd.limits().max_output, cmd.timeout_value(), cmd.kill_grace_value(),
                                cmd.output_grace_value()});

@@ -32,7 +32,8 @@ void run_engine::start(std::vector<child> children, pipe_reader* out, pipe_reade
       ++pending_;
       c.async_wait(asio::bind_executor(strand_, [this, self](error_code, exit_status) {
         if (all_exited()) {
-          ladder_.cancel();
+          // A group may outlive its leader: the ladder goes on for it.
+          if (!any_group()) ladder_.cancel();
           if (readers_left_ > 0) {
             // A grandchild may hold the pipes open for ever: give them a bounded grace.
             grace_.expires_after(s_.output_grace);
@@ -47,6 +48,12 @@ void run_engine::start(std::vector<child> children, pipe_reader* out, pipe_reade
       }));
     }
   });
+}
+
+bool run_engine::any_group() const {
+  for (const auto& c : children_)
+    if (c.leads_group()) return true;
+  return false;
 }
 
 bool run_engine::all_exited() const {
@@ -75,6 +82,7 @@ void run_engine::read(pipe_reader* r, std::string* into) {
 
 void run_engine::signal_all(int sig) {
   for (auto& c : children_) {
+    if (!c.running() && !c.leads_group()) continue;
     try {
       c.signal_tree(sig);
     } catch (const std::exception&) {
@@ -87,8 +95,10 @@ void run_engine::cancel(error_code why) {
   if (finished_) return;
   if (!ec_) ec_ = why;
   if (all_exited()) {
-    // Only the output grace is left: stop reading now.
+    // Only the output grace is left: stop reading now. Process groups still get the
+    // ladder's last step when the run completes.
     for (auto* r : readers_) r->close();
+    cancelling_ = true;
     return;
   }
   if (cancelling_) return;
@@ -98,13 +108,16 @@ void run_engine::cancel(error_code why) {
   auto self = shared_from_this();
   ladder_.expires_after(s_.kill_grace);
   ladder_.async_wait([this, self](error_code ec) {
-    if (!ec && !all_exited()) signal_all(SIGKILL);
+    if (!ec) signal_all(SIGKILL);
   });
 }
 
 void run_engine::task_done() {
   if (--pending_ > 0) return;
   finished_ = true;
+  // A cancelled run leaves nothing of its groups behind, even members that ignored SIGTERM
+  // after their leader died of it.
+  if (cancelling_) signal_all(SIGKILL);
   timeout_.cancel();
   ladder_.cancel();
   grace_.cancel();

@@ -178,7 +178,9 @@ struct read_some_op : op_base {
   template <typename Self>
   void operator()(Self& self) {
     if (posted) return self.complete(result, bytes);
-    if (!r || (!r->fd.is_open() && r->buffered() == 0 && !r->eof)) {
+    if (!r) {
+      result = make_error_code(errc::no_pipe);
+    } else if (!r->fd.is_open() && r->buffered() == 0 && !r->eof) {
       result = asio::error::bad_descriptor;
     } else if (r->buffered() > 0) {
       bytes = std::min(b.size(), r->buffered());
@@ -207,7 +209,7 @@ struct read_line_op : op_base {
   void operator()(Self& self) {
     if (posted) return self.complete(result, std::move(line));
     if (!r || (!r->fd.is_open() && !r->eof && r->buffered() == 0)) {
-      result = asio::error::bad_descriptor;
+      result = r ? error_code(asio::error::bad_descriptor) : make_error_code(errc::no_pipe);
       return post_result(self);
     }
     if (scan_once()) return post_result(self);
@@ -243,7 +245,7 @@ struct for_each_op : op_base {
   void operator()(Self& self) {
     if (posted) return self.complete(result, lines);
     if (!r || (!r->fd.is_open() && !r->eof && r->buffered() == 0)) {
-      result = asio::error::bad_descriptor;
+      result = r ? error_code(asio::error::bad_descriptor) : make_error_code(errc::no_pipe);
       return post_result(self);
     }
     drain();
@@ -286,7 +288,7 @@ struct read_all_op : op_base {
   void operator()(Self& self) {
     if (posted) return self.complete(result, std::move(out));
     if (!r || (!r->fd.is_open() && !r->eof && r->buffered() == 0)) {
-      result = asio::error::bad_descriptor;
+      result = r ? error_code(asio::error::bad_descriptor) : make_error_code(errc::no_pipe);
       return post_result(self);
     }
     if (take()) return post_result(self);
@@ -330,7 +332,10 @@ struct write_op {
   void operator()(Self& self, error_code ec = {}) {
     if (posted) return self.complete(result, done);
     if (ec) return self.complete(ec, done);
-    if (!w || !w->fd.is_open()) result = asio::error::bad_descriptor;
+    if (!w)
+      result = make_error_code(errc::no_pipe);
+    else if (!w->fd.is_open())
+      result = asio::error::bad_descriptor;
     while (!result && done < b.size()) {
       ssize_t n = write_no_sigpipe(w->fd.native_handle(), static_cast<const char*>(b.data()) + done,
                                    b.size() - done);

@@ -246,6 +246,18 @@ TEST_F(run_cancel_test, cancellation_kills_the_tree_of_a_process_group) {
   EXPECT_TRUE(o.tree_gone) << "the grandchild survived the cancellation";
 }
 
+TEST_F(run_cancel_test, group_members_ignoring_sigterm_are_killed_after_their_leader_died) {
+  // The grandchild ignores SIGTERM and holds the pipes; the child dies of the SIGTERM.
+  auto o =
+      run_and_cancel(helper("no-term", "grandchild", "term-default", "notify", "3", "sleep-forever")
+                         .new_process_group()
+                         .kill_grace(100ms)
+                         .output_grace(100ms));
+  EXPECT_EQ(o.ec, asio::error::operation_aborted);
+  EXPECT_EQ(o.r.status, exit_status::signaled(SIGTERM));
+  EXPECT_TRUE(o.tree_gone) << "the grandchild survived the cancellation";
+}
+
 TEST_F(run_cancel_test, cancellation_escalates_to_sigkill) {
   auto o = run_and_cancel(
       helper("no-term", "outline", "ready", "notify", "3", "sleep-forever").kill_grace(50ms));

@@ -362,6 +362,22 @@ TEST_F(stream_test, a_moved_reader_keeps_its_buffered_bytes) {
   EXPECT_TRUE(assigned.eof());
 }
 
+TEST_F(stream_test, reading_a_stream_that_is_not_a_pipe_is_no_pipe) {
+  auto [rec, line] =
+      run([&]() -> asio::awaitable<std::tuple<error_code, std::optional<std::string>>> {
+        pipe_reader r(ex());
+        co_return co_await r.async_read_line(tuple_awaitable);
+      }());
+  EXPECT_EQ(rec, coproc::errc::no_pipe);
+  EXPECT_FALSE(line);
+  auto [wec, n] = run([&]() -> asio::awaitable<std::tuple<error_code, std::size_t>> {
+    pipe_writer w(ex());
+    co_return co_await w.async_write(asio::buffer("x", 1), tuple_awaitable);
+  }());
+  EXPECT_EQ(wec, coproc::errc::no_pipe);
+  EXPECT_EQ(n, 0u);
+}
+
 TEST_F(stream_test, closed_reader_and_writer) {
   pipe_reader r(ex());
   pipe_writer w(ex());

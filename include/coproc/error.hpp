@@ -43,7 +43,7 @@ class spawn_error : public boost::system::system_error {
 /// the program, the exit status and the last lines of its stderr (when captured).
 class process_error : public boost::system::system_error {
  public:
-  /// `where` adds context to the message, e.g. "stage 2 of 3" of a pipeline.
+  /// `where` adds context to the message: the command line, or "stage 2 of 3" of a pipeline.
   process_error(std::string program, exit_status status, std::string stderr_tail,
                 std::string where = {});
   const std::string& program() const noexcept { return program_; }

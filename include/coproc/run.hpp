@@ -17,6 +17,8 @@ namespace coproc {
 /// The outcome of `async_run`: how the child ended and what it wrote.
 struct completed {
   std::string program;
+  /// The whole command, quoted as a shell would show it (for messages).
+  std::string command_line;
   exit_status status;
   /// Captured stdout (empty unless stdout was captured). Partial after a timeout or
   /// cancellation.

@@ -15,6 +15,7 @@
 //   exit CODE            exit with CODE
 //   ignore-term          ignore SIGTERM, print "ready", sleep forever
 //   no-term              ignore SIGTERM and go on
+//   term-default         SIGTERM back to its default action
 //   grandchild           fork a grandchild that keeps every descriptor and sleeps 30 s;
 //                        print its pid and "ready" (one line each) to stdout
 //   fds                  the open descriptors, one number a line
@@ -307,6 +308,8 @@ int main(int argc, char** argv) {
       sleep_forever();
     } else if (cmd == "no-term") {
       ::signal(SIGTERM, SIG_IGN);
+    } else if (cmd == "term-default") {
+      ::signal(SIGTERM, SIG_DFL);
     } else if (cmd == "grandchild") {
       pid_t pid = ::fork();
       if (pid < 0) die(std::string("fork: ") + std::strerror(errno));
