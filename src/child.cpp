@@ -157,16 +157,16 @@ bool open_for(const stdio& s, int child_fd, owned_fd& out, int& error, std::stri
   return true;
 }
 
-// Writes `data` to the child's stdin pipe and closes it; owns itself until done.
-void start_feed(const executor_type& ex, int fd, std::string data) {
-  struct feed {
-    feed(const executor_type& ex, int fd, std::string d) : w(ex, fd), data(std::move(d)) {}
-    pipe_writer w;
-    std::string data;
-  };
-  auto f = std::make_shared<feed>(ex, fd, std::move(data));
-  if (f->data.empty()) return;  // closing the pipe is all there is to do
-  f->w.async_write(asio::buffer(f->data), [f](error_code, std::size_t) {});
+// Writes `data` to the child's stdin pipe, then closes it. The writer belongs to the child, so
+// destroying the child (or the run that owns it) stops the feed.
+void start_feed(const std::shared_ptr<child_state>& st, int fd, std::string data) {
+  st->feed = pipe_writer(st->pidfd.get_executor(), fd);
+  if (data.empty()) return st->feed.close();
+  auto bytes = std::make_shared<std::string>(std::move(data));
+  std::weak_ptr<child_state> weak = st;
+  st->feed.async_write(asio::buffer(*bytes), [weak, bytes](error_code, std::size_t) {
+    if (auto s = weak.lock()) s->feed.close();
+  });
 }
 
 }  // namespace
@@ -177,11 +177,21 @@ bool child_state::poll_exit(error_code& ec) {
   int word, error;
   if (try_reap(pidfd.native_handle(), word, error)) {
     status = exit_status::from_wait_status(word);
+    reaper::of(pidfd.get_executor()).poll_detached();
     pidfd.close(ec);  // frees the descriptor early; pending waits see `status`
     ec = {};
     return true;
   }
-  if (error) ec = errno_code(error);
+  if (error) {
+    ec = errno_code(error);
+    if (error == ECHILD) {
+      // Someone else reaped it (SIGCHLD set to SIG_IGN, or a waitpid(-1) elsewhere): the
+      // process is gone and its status is lost.
+      lost = true;
+      error_code ignored;
+      pidfd.close(ignored);
+    }
+  }
   return false;
 }
 
@@ -214,11 +224,17 @@ void child_state::signal_tree(int sig, error_code& ec) {
     if (::kill(-pgid, sig) != 0 && errno != ESRCH) ec = errno_code(errno);
     return;
   }
-  if (status) return;
-  std::vector<int> tree;
-  collect_descendants(pid, tree);
-  signal(sig, ec);
-  for (int p : tree) ::kill(p, sig);
+  // Descendants found earlier are remembered, so a later signal (the ladder's SIGKILL)
+  // still reaches those re-parented after the child died.
+  if (!status && !lost) {
+    std::vector<int> tree;
+    collect_descendants(pid, tree);
+    for (int p : tree)
+      if (std::find(descendants.begin(), descendants.end(), p) == descendants.end())
+        descendants.push_back(p);
+    signal(sig, ec);
+  }
+  for (int p : descendants) ::kill(p, sig);
 }
 
 }  // namespace detail
@@ -332,23 +348,38 @@ struct spawner {
     }
     for (auto& c : child_ends) c.reset();
 
-    auto st = std::make_shared<child_state>(ex);
-    st->program = cmd.program();
-    st->pid = r.pid;
-    st->pgid = join_group > 0 ? join_group : (req.new_group || req.new_session) ? r.pid : 0;
-    error_code ignored;
-    st->pidfd.assign(r.pidfd, ignored);
-    if (parent_ends[0].fd >= 0) {
-      if (conf[0]->type() == stdio::kind::bytes)
-        start_feed(ex, parent_ends[0].release(), conf[0]->data());
-      else
-        st->in = pipe_writer(ex, parent_ends[0].release());
+    // From here on a process exists: any failure must kill and reap it.
+    owned_fd pidfd(r.pidfd);
+    std::shared_ptr<child_state> st;
+    try {
+      st = std::make_shared<child_state>(ex);
+      st->program = cmd.program();
+      st->pid = r.pid;
+      st->pgid = join_group > 0 ? join_group : (req.new_group || req.new_session) ? r.pid : 0;
+      reaper::of(ex).poll_detached();  // also creates the reaper before any shutdown
+      st->pidfd.assign(pidfd.fd);
+      pidfd.release();
+      if (parent_ends[0].fd >= 0) {
+        if (conf[0]->type() == stdio::kind::bytes)
+          start_feed(st, parent_ends[0].release(), conf[0]->data());
+        else
+          st->in = pipe_writer(ex, parent_ends[0].release());
+      }
+      if (parent_ends[1].fd >= 0)
+        st->out = pipe_reader(ex, parent_ends[1].release(), cmd.limits().max_line);
+      if (parent_ends[2].fd >= 0)
+        st->err = pipe_reader(ex, parent_ends[2].release(), cmd.limits().max_line);
+      return child(std::move(st));
+    } catch (const std::exception& e) {
+      const int fd = pidfd.fd >= 0               ? pidfd.fd
+                     : st && st->pidfd.is_open() ? st->pidfd.native_handle()
+                                                 : -1;
+      syscall(SYS_pidfd_send_signal, fd, SIGKILL, nullptr, 0);
+      int word, error;
+      reap_blocking(fd, word, error);
+      const auto* se = dynamic_cast<const boost::system::system_error*>(&e);
+      return failed(se ? se->code().value() : ENOMEM, cmd.program(), e.what());
     }
-    if (parent_ends[1].fd >= 0)
-      st->out = pipe_reader(ex, parent_ends[1].release(), cmd.limits().max_line);
-    if (parent_ends[2].fd >= 0)
-      st->err = pipe_reader(ex, parent_ends[2].release(), cmd.limits().max_line);
-    return child(std::move(st));
   }
 };
 
@@ -393,7 +424,14 @@ child::~child() {
   else
     s_->signal(SIGKILL, ec);
   // release() completes pending waits with operation_aborted and hands over the pidfd.
-  detail::reaper::of(s_->ex).adopt(s_->ex, s_->pidfd.release(), true);
+  const int fd = s_->pidfd.release();
+  try {
+    detail::reaper::of(s_->ex).adopt(s_->ex, fd, true);
+  } catch (...) {
+    int word, error;  // no memory to watch it: it was sent SIGKILL, so this is short
+    detail::reap_blocking(fd, word, error);
+    ::close(fd);
+  }
 }
 
 child::executor_type child::get_executor() const noexcept { return s_->ex; }
@@ -404,7 +442,7 @@ pipe_writer& child::std_in() noexcept { return s_->in; }
 pipe_reader& child::std_out() noexcept { return s_->out; }
 pipe_reader& child::std_err() noexcept { return s_->err; }
 std::optional<exit_status> child::status() const noexcept { return s_ ? s_->status : std::nullopt; }
-bool child::running() const noexcept { return s_ && !s_->status && !s_->detached; }
+bool child::running() const noexcept { return s_ && !s_->status && !s_->detached && !s_->lost; }
 
 namespace {
 struct wait_op {
@@ -416,10 +454,14 @@ struct wait_op {
   template <typename Self>
   void operator()(Self& self, error_code ec = {}) {
     if (posted) return self.complete(result, st->status.value_or(exit_status{}));
+    if (waited && !ec && self.cancelled() != asio::cancellation_type::none)
+      ec = asio::error::operation_aborted;
     if (!st->detached) {
       error_code pec;
       const bool reaped = st->poll_exit(pec);
       if (!reaped && !pec && !ec && st->pidfd.is_open()) {
+        // Cancelling a wait only stops waiting: every type is safe.
+        if (!waited) self.reset_cancellation_state(asio::enable_total_cancellation());
         waited = true;
         st->pidfd.async_wait(asio::posix::descriptor_base::wait_read, std::move(self));
         return;
@@ -483,7 +525,6 @@ void child::signal_tree(int sig) {
 void child::detach() {
   if (!s_ || s_->detached) return;
   s_->detached = true;
-  error_code ec;
   if (!s_->status && s_->pidfd.is_open())
     detail::reaper::of(s_->ex).adopt(s_->ex, s_->pidfd.release(), false);
 }

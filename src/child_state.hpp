@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace coproc::detail {
 
@@ -23,7 +24,10 @@ struct child_state {
   pipe_reader err;
   std::optional<exit_status> status;
   bool detached = false;
-  int pgid = 0;  // the process group signal_tree targets; 0: none of its own
+  bool lost = false;             // reaped by someone else: no status (ECHILD)
+  pipe_writer feed;              // stdin fed with stdio::bytes
+  std::vector<int> descendants;  // found by signal_tree when the child leads no group
+  int pgid = 0;                  // the process group signal_tree targets; 0: none of its own
 
   /// Records the exit if the process has been reaped; true once reaped.
   bool poll_exit(error_code& ec);

@@ -52,6 +52,47 @@ COPROC_CHILD_CODE [[noreturn]] void child_fail(child_args* a, const char* stage)
   __builtin_unreachable();
 }
 
+struct linux_dirent64 {
+  unsigned long long d_ino;
+  long long d_off;
+  unsigned short d_reclen;
+  unsigned char d_type;
+  char d_name[1];
+};
+
+// Without close_range: closes every descriptor >= 3 listed in /proc/self/fd that the request
+// does not keep (a loop up to the descriptor limit could mean a billion calls).
+COPROC_CHILD_CODE void close_listed(const launch_request& r) {
+  long dir = syscall(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) {
+    // No /proc: the original soft limit bounds the descriptors the program could open.
+    unsigned long stop = r.nofile ? r.nofile->rlim_cur : 1024;
+    for (unsigned long fd = 3; fd < stop; ++fd) {
+      bool keep = false;
+      for (int i = 0; i < r.nfds; ++i) keep |= static_cast<unsigned long>(r.fds[i].child_fd) == fd;
+      if (!keep) syscall(SYS_close, fd);
+    }
+    return;
+  }
+  alignas(8) char buf[2048];
+  for (;;) {
+    long n = syscall(SYS_getdents64, dir, buf, sizeof buf);
+    if (n <= 0) break;
+    for (long off = 0; off < n;) {
+      auto* d = reinterpret_cast<linux_dirent64*>(buf + off);
+      off += d->d_reclen;
+      long fd = 0;
+      const char* c = d->d_name;
+      if (*c < '0' || *c > '9') continue;
+      for (; *c >= '0' && *c <= '9'; ++c) fd = fd * 10 + (*c - '0');
+      bool keep = fd < 3 || fd == dir;
+      for (int i = 0; i < r.nfds; ++i) keep |= r.fds[i].child_fd == fd;
+      if (!keep) syscall(SYS_close, fd);
+    }
+  }
+  syscall(SYS_close, dir);
+}
+
 COPROC_CHILD_CODE int child_main(void* arg) {
   auto* a = static_cast<child_args*>(arg);
   const launch_request& r = *a->req;
@@ -112,11 +153,8 @@ COPROC_CHILD_CODE int child_main(void* arg) {
     if (keep > next) {
       unsigned int last = keep == ~0U ? ~0U : keep - 1;
       if (syscall(SYS_close_range, next, last, 0) < 0) {
-        // Kernels before 5.9: close one by one up to the descriptor limit.
-        rlimit lim{};
-        syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, nullptr, &lim);
-        unsigned long stop = last == ~0U ? lim.rlim_cur : last + 1UL;
-        for (unsigned long fd = next; fd < stop; ++fd) syscall(SYS_close, fd);
+        close_listed(r);  // kernels before 5.9, or a seccomp filter that refuses it
+        break;
       }
     }
     if (keep != ~0U) next = keep + 1;
@@ -199,15 +237,15 @@ launch_result launch(const launch_request& req) noexcept {
   child_args args{&req, getpid(), 0, nullptr};
 
   // Block every signal so that no handler of the parent runs on the shared memory in the
-  // child before it resets them; the child starts with an empty mask.
-  sigset_t all, old;
-  sigfillset(&all);
-  pthread_sigmask(SIG_SETMASK, &all, &old);
+  // child before it resets them; the child starts with an empty mask. The raw call also
+  // blocks glibc's internal signals (SIGCANCEL, SIGSETXID), which pthread_sigmask skips.
+  unsigned long all = ~0UL, old = 0;
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, sizeof(unsigned long));
   int pidfd = -1;
   int pid = libc_clone()(child_main, stack, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &args,
                          &pidfd);
   const int clone_errno = errno;
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, nullptr, sizeof(unsigned long));
 
   if (pid < 0) {
     res.error = clone_errno;

@@ -97,8 +97,14 @@ pipeline_result&& pipeline_result::check() && {
 
 namespace detail {
 
+void throw_spawn_failure(const error_code& ec, const spawn_failure& failure) {
+  if (!failure.message.empty()) throw spawn_error(ec, failure.program, failure.message);
+  throw boost::system::system_error(ec);
+}
+
 void start_run_pipeline(const executor_type& ex, pipeline p,
-                        asio::any_completion_handler<void(error_code, pipeline_result)> h) {
+                        asio::any_completion_handler<void(error_code, pipeline_result)> h,
+                        std::shared_ptr<spawn_failure> failure) {
   pipeline_result result;
   auto& cmds = p.stages();
   for (auto& c : cmds) result.programs.push_back(c.program());
@@ -113,17 +119,22 @@ void start_run_pipeline(const executor_type& ex, pipeline p,
                            cmds.front().kill_grace_value(), cmds.front().output_grace_value()};
   auto engine = std::make_shared<run_engine>(ex, engine_settings);
   fd_closer err_write;
+  // A stage's own stderr pipe would have no reader: it joins the shared one.
+  auto shared_err = [](const command& c) {
+    return !c.std_err_config() || c.std_err_config()->type() == stdio::kind::pipe;
+  };
   bool need_err = false;
-  for (auto& c : cmds) need_err |= !c.std_err_config().has_value();
+  for (auto& c : cmds) need_err |= shared_err(c);
   if (need_err) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) return fail({errno, boost::system::system_category()});
     err_write.fd = fds[1];
-    (void)fcntl(fds[0], F_SETPIPE_SZ, static_cast<int>(cmds.front().limits().pipe_size));
+    if (cmds.front().limits().pipe_size > 0)
+      (void)fcntl(fds[0], F_SETPIPE_SZ, static_cast<int>(cmds.front().limits().pipe_size));
     engine->owned_readers.push_back(
         std::make_unique<pipe_reader>(ex, fds[0], cmds.front().limits().max_line));
     for (auto& c : cmds)
-      if (!c.std_err_config()) c.std_err(stdio::fd(err_write.fd));
+      if (shared_err(c)) c.std_err(stdio::fd(err_write.fd));
   }
   if (!cmds.front().std_in_config()) cmds.front().std_in(stdio::null());
   if (!cmds.back().std_out_config()) cmds.back().std_out(stdio::pipe());
@@ -131,7 +142,10 @@ void start_run_pipeline(const executor_type& ex, pipeline p,
   error_code ec;
   std::string what, failed;
   auto stages = spawn_stages(ex, p, ec, what, failed);
-  if (ec) return fail(ec);
+  if (ec) {
+    if (failure) *failure = {failed, what};
+    return fail(ec);
+  }
   ::close(std::exchange(err_write.fd, -1));
 
   pipe_reader* out = stages.back().std_out().is_open() ? &stages.back().std_out() : nullptr;
@@ -155,9 +169,19 @@ void start_run_pipeline(const executor_type& ex, pipeline p,
 
 pipeline_result run(pipeline p) {
   asio::io_context ctx(1);
-  auto fut = async_run(ctx.get_executor(), std::move(p), asio::use_future);
+  auto failure = std::make_shared<detail::spawn_failure>();
+  error_code ec;
+  pipeline_result result;
+  detail::start_run_pipeline(
+      ctx.get_executor(), std::move(p),
+      [&](error_code e, pipeline_result r) {
+        ec = e;
+        result = std::move(r);
+      },
+      failure);
   ctx.run();
-  return fut.get();
+  if (ec) detail::throw_spawn_failure(ec, *failure);
+  return result;
 }
 
 }  // namespace coproc

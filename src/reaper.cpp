@@ -5,6 +5,7 @@
 
 #include <poll.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <cerrno>
 
 namespace coproc::detail {
@@ -60,6 +61,14 @@ void reaper::adopt(const executor_type& ex, int pidfd, bool killed) {
     ::close(pidfd);
     return;
   }
+  if (!killed) {
+    std::lock_guard lock(mutex_);
+    if (shut_down_)
+      ::close(pidfd);
+    else
+      detached_.push_back(pidfd);
+    return;
+  }
   auto e = std::make_shared<entry>(ex, pidfd, killed);
   {
     std::lock_guard lock(mutex_);
@@ -71,6 +80,16 @@ void reaper::adopt(const executor_type& ex, int pidfd, bool killed) {
     entries_.push_back(e);
   }
   watch(e);
+}
+
+void reaper::poll_detached() {
+  std::lock_guard lock(mutex_);
+  std::erase_if(detached_, [](int fd) {
+    int status, error;
+    if (!try_reap(fd, status, error) && !error) return false;
+    ::close(fd);
+    return true;
+  });
 }
 
 void reaper::watch(const std::shared_ptr<entry>& e) {
@@ -88,6 +107,14 @@ void reaper::forget(const std::shared_ptr<entry>& e) {
 }
 
 void reaper::shutdown() {
+  poll_detached();
+  {
+    // Still running: they are re-parented to init (or a subreaper) when this process exits.
+    std::lock_guard lock(mutex_);
+    shut_down_ = true;
+    for (int fd : detached_) ::close(fd);
+    detached_.clear();
+  }
   std::list<std::shared_ptr<entry>> left;
   {
     std::lock_guard lock(mutex_);

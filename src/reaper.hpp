@@ -9,6 +9,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 namespace coproc::detail {
 
@@ -19,8 +20,12 @@ class reaper : public asio::execution_context::service {
   ~reaper() override;
 
   /// Takes ownership of `pidfd` and reaps its process when it exits. `killed` children are
-  /// reaped (blocking briefly) when the context shuts down; others are left to init.
+  /// watched on the event loop and reaped (blocking briefly) if the context shuts down first.
+  /// Detached children are not watched, so they never keep `io_context::run()` busy: they
+  /// are reaped by `poll_detached`, which every spawn and the shutdown call.
   void adopt(const executor_type& ex, int pidfd, bool killed);
+  /// Reaps the detached children that have exited, without blocking.
+  void poll_detached();
   /// The reaper of `ex`'s execution context.
   static reaper& of(const executor_type& ex);
 
@@ -36,6 +41,7 @@ class reaper : public asio::execution_context::service {
 
   std::mutex mutex_;
   std::list<std::shared_ptr<entry>> entries_;
+  std::vector<int> detached_;  // pidfds
   bool shut_down_ = false;
 };
 

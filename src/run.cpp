@@ -60,6 +60,9 @@ void start_run_child(const executor_type& ex, child c, const command& cmd,
   auto engine = std::make_shared<run_engine>(
       ex, run_engine::settings{cmd.limits().max_output, cmd.timeout_value(), cmd.kill_grace_value(),
                                cmd.output_grace_value()});
+  // Nobody else can reach a stdin pipe of a run: close it, the child reads end-of-file
+  // (as Python's communicate() does).
+  c.std_in().close();
   pipe_reader* out = c.std_out().is_open() ? &c.std_out() : nullptr;
   pipe_reader* err = c.std_err().is_open() ? &c.std_err() : nullptr;
   std::vector<child> children;

@@ -14,12 +14,13 @@ void run_engine::start(std::vector<child> children, pipe_reader* out, pipe_reade
   done_ = std::move(done);
   slot_ = slot;
   auto self = shared_from_this();
+  // Installed before returning to the initiator, so no cancellation can be missed.
+  if (slot_.is_connected()) {
+    slot_.assign([this, self](asio::cancellation_type) {
+      asio::dispatch(strand_, [this, self] { cancel(asio::error::operation_aborted); });
+    });
+  }
   asio::dispatch(strand_, [this, self, out, err] {
-    if (slot_.is_connected()) {
-      slot_.assign([this, self](asio::cancellation_type) {
-        asio::dispatch(strand_, [this, self] { cancel(asio::error::operation_aborted); });
-      });
-    }
     if (s_.timeout) {
       timeout_.expires_after(*s_.timeout);
       timeout_.async_wait([this, self](error_code ec) {
@@ -30,10 +31,12 @@ void run_engine::start(std::vector<child> children, pipe_reader* out, pipe_reade
     if (err) read(err, &this->err);
     for (auto& c : children_) {
       ++pending_;
-      c.async_wait(asio::bind_executor(strand_, [this, self](error_code, exit_status) {
+      c.async_wait(asio::bind_executor(strand_, [this, self](error_code ec, exit_status) {
+        // A wait fails only when the status is lost (reaped elsewhere): report it.
+        if (ec && !ec_) ec_ = ec;
         if (all_exited()) {
-          // A group may outlive its leader: the ladder goes on for it.
-          if (!any_group()) ladder_.cancel();
+          // No ladder_.cancel(): a started ladder goes on for the group or the descendants
+          // that may outlive the child.
           if (readers_left_ > 0) {
             // A grandchild may hold the pipes open for ever: give them a bounded grace.
             grace_.expires_after(s_.output_grace);
@@ -48,12 +51,6 @@ void run_engine::start(std::vector<child> children, pipe_reader* out, pipe_reade
       }));
     }
   });
-}
-
-bool run_engine::any_group() const {
-  for (const auto& c : children_)
-    if (c.leads_group()) return true;
-  return false;
 }
 
 bool run_engine::all_exited() const {
@@ -82,7 +79,6 @@ void run_engine::read(pipe_reader* r, std::string* into) {
 
 void run_engine::signal_all(int sig) {
   for (auto& c : children_) {
-    if (!c.running() && !c.leads_group()) continue;
     try {
       c.signal_tree(sig);
     } catch (const std::exception&) {
@@ -108,7 +104,7 @@ void run_engine::cancel(error_code why) {
   auto self = shared_from_this();
   ladder_.expires_after(s_.kill_grace);
   ladder_.async_wait([this, self](error_code ec) {
-    if (!ec) signal_all(SIGKILL);
+    if (!ec && !finished_) signal_all(SIGKILL);
   });
 }
 

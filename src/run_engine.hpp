@@ -51,7 +51,6 @@ class run_engine : public std::enable_shared_from_this<run_engine> {
   void read(pipe_reader* r, std::string* into);
   void task_done();
   bool all_exited() const;
-  bool any_group() const;
 
   asio::strand<executor_type> strand_;
   settings s_;

@@ -126,7 +126,7 @@ scan next_line(reader_impl& r, const char** b, const char** e) {
     }
     r.scanned = avail;
   }
-  if (avail > r.max_line + 1) return scan::too_long;
+  if (avail > 0 && avail - 1 > r.max_line) return scan::too_long;  // room for a "\r"
   if (r.eof) {
     if (avail == 0) return scan::eof;
     r.begin = r.end;
@@ -164,6 +164,17 @@ struct op_base {
   bool posted = false;
   error_code result{};
 
+  // Every cancellation type is safe: a cancelled operation consumes nothing.
+  template <typename Self>
+  static void accept_cancellation(Self& self) {
+    self.reset_cancellation_state(asio::enable_total_cancellation());
+  }
+  // A cancellation that arrived while an inner read was already completing.
+  template <typename Self>
+  static bool cancelled(Self& self) {
+    return self.cancelled() != asio::cancellation_type::none;
+  }
+
   template <typename Self>
   void post_result(Self& self) {
     posted = true;
@@ -191,6 +202,7 @@ struct read_some_op : op_base {
       result = asio::error::eof;
     } else if (b.size() > 0) {
       waited = true;
+      accept_cancellation(self);
       return r->fd.async_read_some(b, std::move(self));
     }
     post_result(self);
@@ -214,12 +226,14 @@ struct read_line_op : op_base {
     }
     if (scan_once()) return post_result(self);
     waited = true;
+    accept_cancellation(self);
     fill(*r, std::move(self));
   }
   template <typename Self>
   void operator()(Self& self, error_code ec, std::size_t n) {
     if (!filled(*r, ec, n)) return self.complete(ec, std::nullopt);
     if (scan_once()) return self.complete(result, std::move(line));
+    if (cancelled(self)) return self.complete(asio::error::operation_aborted, std::nullopt);
     fill(*r, std::move(self));
   }
   // True when the operation has its result.
@@ -251,6 +265,7 @@ struct for_each_op : op_base {
     drain();
     if (done) return post_result(self);
     waited = true;
+    accept_cancellation(self);
     fill(*r, std::move(self));
   }
   template <typename Self>
@@ -258,6 +273,7 @@ struct for_each_op : op_base {
     if (!filled(*r, ec, n)) return self.complete(ec, lines);
     drain();
     if (done) return self.complete(result, lines);
+    if (cancelled(self)) return self.complete(asio::error::operation_aborted, lines);
     fill(*r, std::move(self));
   }
   void drain() {
@@ -293,6 +309,7 @@ struct read_all_op : op_base {
     }
     if (take()) return post_result(self);
     waited = true;
+    accept_cancellation(self);
     fill(*r, std::move(self));
   }
   template <typename Self>
@@ -302,6 +319,7 @@ struct read_all_op : op_base {
       return self.complete(ec, std::move(out));
     }
     if (take()) return self.complete(result, std::move(out));
+    if (cancelled(self)) return self.complete(asio::error::operation_aborted, std::move(out));
     fill(*r, std::move(self));
   }
   // Moves buffered bytes into `out`; true when finished.
@@ -342,6 +360,7 @@ struct write_op {
       if (n >= 0) {
         done += static_cast<std::size_t>(n);
       } else if (errno == EAGAIN) {
+        if (!waited) self.reset_cancellation_state(asio::enable_total_cancellation());
         waited = true;
         w->fd.async_wait(asio::posix::descriptor_base::wait_write, std::move(self));
         return;

@@ -185,6 +185,28 @@ TEST_F(pipeline_test, a_stage_that_fails_to_spawn_kills_the_started_ones) {
   // The fixture checks that the first stages were killed and reaped, and no pipe leaked.
   auto [ec, r] = run_pipe_tuple(helper("sleep-forever") | command{"/nonexistent/coproc-stage"});
   EXPECT_EQ(ec, boost::system::errc::no_such_file_or_directory);
+  // The throwing forms name the stage that failed.
+  for (int form = 0; form < 2; ++form) {
+    try {
+      auto p = helper("sleep-forever") | command{"/nonexistent/coproc-stage"};
+      if (form == 0)
+        coproc::run(std::move(p));
+      else
+        run_pipe(std::move(p));
+      ADD_FAILURE() << "no spawn_error";
+    } catch (const coproc::spawn_error& e) {
+      EXPECT_EQ(e.program(), "/nonexistent/coproc-stage");
+      EXPECT_NE(std::string(e.what()).find("/nonexistent/coproc-stage"), std::string::npos);
+    }
+  }
+}
+
+TEST_F(pipeline_test, a_stage_stderr_pipe_joins_the_captured_stderr) {
+  // A pipe nobody reads would block the stage once full: it is read with the others.
+  auto r = run_pipe(helper("err", "1000000").std_err(coproc::stdio::pipe()) | helper("cat-count"));
+  EXPECT_EQ(r.err.size(), 1000000u);
+  EXPECT_EQ(r.out, "0\n");
+  EXPECT_TRUE(r.success());
 }
 
 TEST_F(pipeline_test, timeout_comes_from_the_first_stage_and_kills_every_stage) {

@@ -178,6 +178,23 @@ TEST_F(run_test, timeout_throws_in_the_awaitable_form) {
   }
 }
 
+TEST_F(run_test, a_stdin_pipe_of_a_run_reads_end_of_file) {
+  // Nobody else can reach it, so the run closes it (the child would wait for ever).
+  auto r = run_cmd(helper("cat-count").std_in(coproc::stdio::pipe()));
+  EXPECT_EQ(r.out, "0\n");
+}
+
+TEST_F(run_test, a_status_reaped_elsewhere_is_an_error_not_a_success) {
+  // With SIGCHLD ignored the kernel reaps children itself: the status is lost (ECHILD).
+  struct sigaction ign {
+  }, old{};
+  ign.sa_handler = SIG_IGN;
+  ::sigaction(SIGCHLD, &ign, &old);
+  auto [ec, r] = run_tuple(helper("exit", "1"));
+  ::sigaction(SIGCHLD, &old, nullptr);
+  EXPECT_EQ(ec, boost::system::errc::no_child_process) << ec.message();
+}
+
 TEST_F(run_test, a_fast_child_is_not_affected_by_its_timeout) {
   auto [ec, r] = run_tuple(helper("outline", "quick").timeout(60s));
   EXPECT_FALSE(ec);

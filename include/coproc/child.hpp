@@ -58,7 +58,8 @@ class child {
 
   /// Waits for the child to exit and reaps it. May be called again after completion (it
   /// then completes at once with the same status). Completion:
-  /// `void(error_code, exit_status)`; error `errc::not_running` after `detach()`.
+  /// `void(error_code, exit_status)`; error `errc::not_running` after `detach()`, ECHILD
+  /// when someone else reaped the child (e.g. SIGCHLD set to SIG_IGN) and its status is lost.
   /// Cancellation: per-operation, all types; cancelling a wait never affects the child.
   template <typename Token = default_token>
   auto async_wait(Token&& token = {}) {
@@ -83,13 +84,17 @@ class child {
   void interrupt();  ///< SIGINT
   void terminate();  ///< SIGTERM
   void kill();       ///< SIGKILL
-  /// Sends `sig` to the child's whole tree: its process group when it leads one, else the
-  /// child and every descendant found under /proc (best effort: a grandchild that was
-  /// re-parented away from the tree is only reached through a process group).
+  /// Sends `sig` to the child's whole tree: its process group when it leads one (also after
+  /// the leader was reaped), else the child and every descendant found under /proc, plus
+  /// those found by earlier calls (so a second signal still reaches descendants re-parented
+  /// after the child died). Best effort without a group: a grandchild that left the tree
+  /// before the first call is only reached through a process group.
   void signal_tree(int sig);
 
-  /// Gives up ownership: the child keeps running after this object is destroyed and is
-  /// reaped in the background when it exits (while its execution context lives).
+  /// Gives up ownership: the child keeps running after this object is destroyed. It never
+  /// keeps `io_context::run()` busy; once it has exited it is reaped by the next spawn or
+  /// reap on the same execution context, or when that context shuts down (as tokio reaps
+  /// orphans). One still running then is re-parented to init when this process exits.
   void detach();
 
  private:

@@ -7,9 +7,11 @@
 #include <coproc/exit_status.hpp>
 
 #include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/this_coro.hpp>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -66,9 +68,16 @@ struct pipeline_result {
 };
 
 namespace detail {
+/// Where a failed spawn's program and message go, for the forms that throw `spawn_error`.
+struct spawn_failure {
+  std::string program, message;
+};
 void start_run_pipeline(const executor_type& ex, pipeline p,
-                        asio::any_completion_handler<void(error_code, pipeline_result)> h);
-}
+                        asio::any_completion_handler<void(error_code, pipeline_result)> h,
+                        std::shared_ptr<spawn_failure> failure = nullptr);
+/// Rethrows `spawn_error` if `failure` says a spawn failed with `ec`.
+void throw_spawn_failure(const error_code& ec, const spawn_failure& failure);
+}  // namespace detail
 
 /// Runs a pipeline to completion, as `async_run` does a command: the first stage's stdin is
 /// /dev/null, the last stage's stdout and every stage's stderr are captured, unless the
@@ -84,10 +93,19 @@ auto async_run(const executor_type& ex, pipeline p, Token&& token = {}) {
       token, ex, std::move(p));
 }
 
-/// `co_await async_run(a | b)` inside a coroutine.
+/// `co_await async_run(a | b)` inside a coroutine. Unlike the token form, a spawn failure
+/// arrives as `spawn_error` naming the stage's program or path.
 inline asio::awaitable<pipeline_result> async_run(pipeline p) {
-  co_return co_await async_run(co_await asio::this_coro::executor, std::move(p),
-                               asio::use_awaitable);
+  auto ex = co_await asio::this_coro::executor;
+  auto failure = std::make_shared<detail::spawn_failure>();
+  auto [ec, r] = co_await asio::async_initiate<const asio::as_tuple_t<asio::use_awaitable_t<>>,
+                                               void(error_code, pipeline_result)>(
+      [&](auto handler) {
+        detail::start_run_pipeline(ex, std::move(p), std::move(handler), failure);
+      },
+      asio::as_tuple(asio::use_awaitable));
+  if (ec) detail::throw_spawn_failure(ec, *failure);
+  co_return std::move(r);
 }
 
 /// Blocking form: runs on a private io_context.
