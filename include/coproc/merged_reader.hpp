@@ -22,11 +22,14 @@ struct tagged_line {
 };
 
 /// Reads lines from two readers at once and yields each with its source, in the order the
-/// lines became available. Both readers must outlive the merged reader; do not read from
-/// them directly while it is in use.
+/// lines became available. Both readers must outlive the merged reader, and the merged reader
+/// must outlive its outstanding operation (it is neither copyable nor movable); do not read
+/// from the two readers directly while it is in use.
 class merged_reader {
  public:
   merged_reader(pipe_reader& out, pipe_reader& err) noexcept : out_(&out), err_(&err) {}
+  merged_reader(const merged_reader&) = delete;
+  merged_reader& operator=(const merged_reader&) = delete;
 
   /// Next line from either stream; `std::nullopt` once both reached end-of-file.
   /// Errors as for `pipe_reader::async_read_line`.

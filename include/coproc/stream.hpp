@@ -48,7 +48,9 @@ class pipe_reader {
   pipe_reader& operator=(pipe_reader&&) noexcept;
   ~pipe_reader();
 
-  /// The executor of the pipe (the system executor for a closed reader).
+  /// The executor of the pipe (the system executor for a reader that was never a pipe:
+  /// operations on it complete with `errc::no_pipe` through the handler's associated
+  /// executor, or the system executor when the handler has none).
   executor_type get_executor() const noexcept;
   bool is_open() const noexcept;
   /// The descriptor, or -1.
