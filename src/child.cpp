@@ -426,7 +426,7 @@ child::~child() {
   // release() completes pending waits with operation_aborted and hands over the pidfd.
   const int fd = s_->pidfd.release();
   try {
-    detail::reaper::of(s_->ex).adopt(s_->ex, fd, true);
+    detail::reaper::of(s_->executor()).adopt(s_->executor(), fd, true);
   } catch (...) {
     int word, error;  // no memory to watch it: it was sent SIGKILL, so this is short
     detail::reap_blocking(fd, word, error);
@@ -434,7 +434,7 @@ child::~child() {
   }
 }
 
-child::executor_type child::get_executor() const noexcept { return s_->ex; }
+child::executor_type child::get_executor() const noexcept { return s_->executor(); }
 int child::pid() const noexcept { return s_ ? s_->pid : -1; }
 const std::string& child::program() const noexcept { return s_->program; }
 bool child::leads_group() const noexcept { return s_ && s_->pgid == s_->pid; }
@@ -526,7 +526,7 @@ void child::detach() {
   if (!s_ || s_->detached) return;
   s_->detached = true;
   if (!s_->status && s_->pidfd.is_open())
-    detail::reaper::of(s_->ex).adopt(s_->ex, s_->pidfd.release(), false);
+    detail::reaper::of(s_->executor()).adopt(s_->executor(), s_->pidfd.release(), false);
 }
 
 }  // namespace coproc

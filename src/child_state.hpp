@@ -13,9 +13,9 @@
 namespace coproc::detail {
 
 struct child_state {
-  child_state(const executor_type& ex) : ex(ex), pidfd(ex), in(ex), out(ex), err(ex) {}
+  explicit child_state(const executor_type& ex) : pidfd(ex) {}
 
-  executor_type ex;
+  executor_type executor() { return pidfd.get_executor(); }  // kept after close/release
   std::string program;
   int pid = -1;
   asio::posix::stream_descriptor pidfd;

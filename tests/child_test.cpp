@@ -483,12 +483,7 @@ TEST_F(child_test, detach_lets_the_child_outlive_its_handle) {
   in.reset();
   // A detached child never keeps the event loop busy: it is reaped, once it has exited, by
   // the next spawn on the same context.
-  EXPECT_TRUE(run_until([&] {
-    siginfo_t info{};
-    return ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-           info.si_pid == pid;
-  })) << "pid "
-      << pid << " did not exit";
+  EXPECT_TRUE(run_until([&] { return exited_unreaped(pid); })) << "pid " << pid << " did not exit";
   EXPECT_FALSE(reaped(pid)) << "nothing has polled the detached children yet";
   child next = spawn_piped(helper("exit", "0"));
   EXPECT_TRUE(reaped(pid)) << "pid " << pid << " was not reaped by the next spawn";
@@ -504,11 +499,7 @@ TEST_F(child_test, a_detached_child_does_not_keep_the_event_loop_running) {
   ctx().run();
   EXPECT_FALSE(reaped(pid));
   c.std_in().close();  // the child reads end-of-file and exits
-  EXPECT_TRUE(run_until([&] {
-    siginfo_t info{};
-    return ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-           info.si_pid == pid;
-  }));
+  EXPECT_TRUE(run_until([&] { return exited_unreaped(pid); }));
   child next = spawn_piped(helper("exit", "0"));
   EXPECT_TRUE(reaped(pid));
   EXPECT_EQ(run(next.async_wait()), exit_status::exited(0));

@@ -136,6 +136,8 @@ void kill_quietly(int pid);
 /// Blocks until `pid` (our child) has exited, without reaping it (waitid WNOWAIT).
 bool wait_exited_no_reap(int pid);
 /// True when `pid` is not (any more) our child: reaped by someone.
+/// True when `pid` (a child of ours) has exited but nobody has reaped it yet.
+bool exited_unreaped(int pid);
 bool reaped(int pid);
 
 // --- the fixture -------------------------------------------------------------------------
