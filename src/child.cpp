@@ -19,7 +19,6 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
-#include <sstream>
 #include <vector>
 
 extern char** environ;
@@ -62,12 +61,6 @@ bool make_pipe(pipe_pair& p, int& error) {
   p.read = owned_fd(fds[0]);
   p.write = owned_fd(fds[1]);
   return true;
-}
-
-void grow_pipe(int fd, std::size_t size) {
-  if (size == 0) return;
-  // Best effort: the kernel caps unprivileged sizes at /proc/sys/fs/pipe-max-size.
-  (void)fcntl(fd, F_SETPIPE_SZ, static_cast<int>(std::min<std::size_t>(size, 1u << 30)));
 }
 
 // The child's environment: nullptr means "the parent's, unchanged".
@@ -170,6 +163,12 @@ void start_feed(const std::shared_ptr<child_state>& st, int fd, std::string data
 }
 
 }  // namespace
+
+void grow_pipe(int fd, std::size_t size) {
+  if (size == 0) return;
+  // Best effort: the kernel caps unprivileged sizes at /proc/sys/fs/pipe-max-size.
+  (void)fcntl(fd, F_SETPIPE_SZ, static_cast<int>(std::min<std::size_t>(size, 1u << 30)));
+}
 
 bool child_state::poll_exit(error_code& ec) {
   if (status) return true;

@@ -38,6 +38,8 @@ struct child_state {
 }  // namespace coproc::detail
 
 namespace coproc::detail {
+/// Grows the pipe behind `fd` to `size` bytes, best effort (0: leave it).
+void grow_pipe(int fd, std::size_t size);
 /// spawn() that joins process group `pgid` (0: as the command says).
 child spawn_in_group(const executor_type& ex, const command& cmd, int pgid, error_code& ec,
                      std::string& what);

@@ -129,8 +129,7 @@ void start_run_pipeline(const executor_type& ex, pipeline p,
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) return fail({errno, boost::system::system_category()});
     err_write.fd = fds[1];
-    if (cmds.front().limits().pipe_size > 0)
-      (void)fcntl(fds[0], F_SETPIPE_SZ, static_cast<int>(cmds.front().limits().pipe_size));
+    detail::grow_pipe(fds[0], cmds.front().limits().pipe_size);
     engine->owned_readers.push_back(
         std::make_unique<pipe_reader>(ex, fds[0], cmds.front().limits().max_line));
     for (auto& c : cmds)
