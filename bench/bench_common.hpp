@@ -103,6 +103,20 @@ inline void raise_nofile_limit() {
   }
 }
 
+/// posix_spawn file actions putting the child's stdin, stdout and stderr on /dev/null, as
+/// coproc's `stdio::null()` does. Destroyed with the object.
+struct null_stdio_actions {
+  posix_spawn_file_actions_t fa;
+  null_stdio_actions() {
+    posix_spawn_file_actions_init(&fa);
+    for (int fd = 0; fd < 3; ++fd)
+      posix_spawn_file_actions_addopen(&fa, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0);
+  }
+  ~null_stdio_actions() { posix_spawn_file_actions_destroy(&fa); }
+  null_stdio_actions(const null_stdio_actions&) = delete;
+  null_stdio_actions& operator=(const null_stdio_actions&) = delete;
+};
+
 /// Runs `argv` (looked up in PATH), waits for it and returns its stdout; stderr is
 /// inherited. Throws when it cannot be started or does not exit with 0. Used outside every
 /// timed region (the Python peers time themselves).

@@ -63,10 +63,8 @@ memory c_variant(int n) {
   char arg_true[] = "/bin/true", arg_sleep[] = "/bin/sleep", arg_1000[] = "1000";
   char* true_argv[] = {arg_true, nullptr};
   char* sleep_argv[] = {arg_sleep, arg_1000, nullptr};
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  for (int fd = 0; fd < 3; ++fd)
-    posix_spawn_file_actions_addopen(&fa, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0);
+  bench::null_stdio_actions null_stdio;
+  const posix_spawn_file_actions_t& fa = null_stdio.fa;
   std::vector<pid_t> pids;
   pids.reserve(static_cast<std::size_t>(n));
   pid_t pid;
@@ -86,7 +84,6 @@ memory c_variant(int n) {
   for (pid_t p : pids)
     while (waitpid(p, nullptr, 0) < 0 && errno == EINTR) {
     }
-  posix_spawn_file_actions_destroy(&fa);
   return {after.rss_kib - before.rss_kib, after.anon_kib - before.anon_kib,
           after.heap_bytes - before.heap_bytes};
 }

@@ -126,14 +126,12 @@ struct c_live_result {
 
 c_live_result c_live_seconds(int live, int total, int in_flight) {
   char* argv[] = {arg_sleep, arg_1000, nullptr};
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  for (int fd = 0; fd < 3; ++fd)
-    posix_spawn_file_actions_addopen(&fa, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0);
   std::vector<pid_t> sleepers;
   sleepers.reserve(static_cast<std::size_t>(live));
-  for (int i = 0; i < live; ++i) sleepers.push_back(c_spawn(argv, &fa));
-  posix_spawn_file_actions_destroy(&fa);
+  {
+    bench::null_stdio_actions null_stdio;
+    for (int i = 0; i < live; ++i) sleepers.push_back(c_spawn(argv, &null_stdio.fa));
+  }
 
   c_live_result r{};
   r.plain = c_spawn_loop(total, in_flight);
