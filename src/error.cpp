@@ -14,6 +14,11 @@ class coproc_category final : public boost::system::error_category {
       case errc::not_running: return "the process was detached or is gone";
       case errc::no_pipe: return "the stream is not a pipe";
       case errc::nonzero_exit: return "the process did not exit successfully";
+      case errc::malformed_message: return "malformed message";
+      case errc::message_too_large: return "message larger than the connection's limit";
+      case errc::type_mismatch: return "message of another type than the one requested";
+      case errc::wrong_direction: return "this end of a one-way pipe cannot do that";
+      case errc::no_result: return "the process ended without delivering a result";
     }
     return "unknown coproc error";
   }

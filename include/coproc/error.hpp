@@ -18,6 +18,11 @@ enum class errc {
   not_running,            ///< the child was already reaped or detached
   no_pipe,                ///< the stream was not configured as a pipe
   nonzero_exit,           ///< a process (or pipeline stage) exited unsuccessfully
+  malformed_message,      ///< bytes that are not a valid message (truncated, corrupt, invalid)
+  message_too_large,      ///< a message larger than the connection's maximum size
+  type_mismatch,          ///< a message of another type than the one asked for
+  wrong_direction,        ///< sending on a receive-only end, or receiving on a send-only end
+  no_result,              ///< a process ended without delivering its result
 };
 
 /// The error category of `coproc::errc`, named "coproc".
