@@ -245,6 +245,19 @@ namespace detail {
 // Builds everything the launch needs in the parent, launches, and wraps the result. Never
 // throws for system errors: they are returned in `ec` with a message in `what`.
 struct spawner {
+  static child adopt(const executor_type& ex, int pid, int pidfd, std::string name) {
+    owned_fd guard(pidfd);
+    auto st = std::make_shared<child_state>(ex);
+    st->program = std::move(name);
+    st->pid = pid;
+    reaper::of(ex).poll_detached();
+    st->pidfd.assign(pidfd);
+    guard.release();
+    return child(std::move(st));
+  }
+  static int pidfd_of(child& c) {
+    return c.s_ && c.s_->pidfd.is_open() ? c.s_->pidfd.native_handle() : -1;
+  }
   static child run(const executor_type& ex, const command& cmd, error_code& ec, std::string& what,
                    int join_group = 0) {
     ec = {};
@@ -381,6 +394,11 @@ struct spawner {
     }
   }
 };
+
+child adopt_process(const executor_type& ex, int pid, int pidfd, std::string name) {
+  return spawner::adopt(ex, pid, pidfd, std::move(name));
+}
+int pidfd_of(child& c) { return spawner::pidfd_of(c); }
 
 child spawn_in_group(const executor_type& ex, const command& cmd, int pgid, error_code& ec,
                      std::string& what) {

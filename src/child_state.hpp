@@ -41,6 +41,10 @@ namespace coproc::detail {
 /// Grows the pipe behind `fd` to `size` bytes, best effort (0: leave it).
 void grow_pipe(int fd, std::size_t size);
 /// spawn() that joins process group `pgid` (0: as the command says).
+// Wraps a process this program forked itself (its pidfd from pidfd_open) as a child.
+child adopt_process(const executor_type& ex, int pid, int pidfd, std::string name);
+// The pidfd of a running child, or -1.
+int pidfd_of(child& c);
 child spawn_in_group(const executor_type& ex, const command& cmd, int pgid, error_code& ec,
                      std::string& what);
 }  // namespace coproc::detail
