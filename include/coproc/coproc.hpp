@@ -2,11 +2,14 @@
 #pragma once
 
 #include <coproc/child.hpp>
+#include <coproc/codec.hpp>
 #include <coproc/command.hpp>
 #include <coproc/config.hpp>
 #include <coproc/error.hpp>
 #include <coproc/exit_status.hpp>
 #include <coproc/merged_reader.hpp>
+#include <coproc/pipe.hpp>
 #include <coproc/pipeline.hpp>
+#include <coproc/process.hpp>
 #include <coproc/run.hpp>
 #include <coproc/stream.hpp>
