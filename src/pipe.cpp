@@ -366,6 +366,8 @@ struct receive_op : op_base {
 struct send_op : op_base {
   std::string data;
   std::size_t done = 0;
+  bool began = false;    // bytes of this frame were written before the operation started
+  bool checked = false;  // check_send already passed (the header is filled in)
 
   template <typename Self>
   void operator()(Self& self) {
@@ -373,7 +375,7 @@ struct send_op : op_base {
     if (!p) {
       result = asio::error::bad_descriptor;
     } else {
-      p->check_send(data, result);
+      if (!checked) p->check_send(data, result);
       if (!result) {
         p->write_some(data.data(), data.size(), done, result);
         if (result == asio::error::would_block) {
@@ -393,7 +395,7 @@ struct send_op : op_base {
       if (ec == asio::error::would_block)
         return p->sock.async_wait(asio::posix::descriptor_base::wait_write, std::move(self));
     }
-    if (ec && done > 0 && done < data.size() && p->sock.is_open()) {
+    if (ec && (done > 0 || began) && done < data.size() && p->sock.is_open()) {
       // Half a frame went out: the peer must see end-of-stream, not a torn message.
       ::shutdown(p->fd(), SHUT_WR);
       p->can_send = false;
@@ -763,6 +765,52 @@ void connection::start_send_frame(std::string frame,
   }
   detail::send_op op{{p_}, std::move(frame)};
   detail::launch<decltype(h), void(error_code)>(std::move(op), h, p_);
+}
+
+void connection::start_send_rest(std::string rest, bool began,
+                                 asio::any_completion_handler<void(error_code)> h) {
+  detail::send_op op{{p_}, std::move(rest)};
+  op.began = began;
+  op.checked = true;
+  detail::launch<decltype(h), void(error_code)>(std::move(op), h, p_);
+}
+
+bool connection::try_flush(std::string& rest, bool& began, error_code& ec) {
+  ec = {};
+  if (!p_) {
+    ec = asio::error::bad_descriptor;
+    return false;
+  }
+  auto& frame = p_->send_buf;
+  p_->check_send(frame, ec);
+  if (ec) return false;
+  const auto size = static_cast<std::uint32_t>(frame.size() - detail::header_size);
+  std::memcpy(frame.data(), &size, 4);
+  std::size_t done = 0;
+  p_->write_some(frame.data(), frame.size(), done, ec);
+  if (!ec) return true;
+  if (ec != asio::error::would_block) return false;
+  ec = {};
+  began = done > 0;
+  if (done == 0) {
+    rest.swap(frame);  // nothing went out: the whole frame, with its header
+    return false;
+  }
+  rest.assign(frame, done);
+  return false;
+}
+
+asio::awaitable<void> connection::send_awaitable() {
+  std::string rest;
+  bool began = false;
+  error_code ec;
+  if (try_flush(rest, began, ec)) co_return;
+  if (ec) throw boost::system::system_error(ec, "send");
+  co_await asio::async_initiate<const asio::use_awaitable_t<>, void(error_code)>(
+      [this, began](auto handler, std::string r) {
+        start_send_rest(std::move(r), began, std::move(handler));
+      },
+      asio::use_awaitable, std::move(rest));
 }
 
 void connection::start_send_fd(int fd, asio::any_completion_handler<void(error_code)> h) {

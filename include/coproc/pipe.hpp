@@ -185,12 +185,20 @@ class connection {
   bool poll(std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
 
   /// Sends `value`. The value is encoded before this returns (it need not outlive the
-  /// operation). Completion: `void(error_code)`.
+  /// operation); with the default token into the connection's own send buffer, so await
+  /// each send before calling `async_send` again. Completion: `void(error_code)`.
   template <encodable T, typename Token = default_token>
   auto async_send(const T& value, Token&& token = {}) {
-    std::string frame = make_frame_buffer(detail::type_tag<T>());
-    encode_to(frame, value);
-    return async_send_frame(std::move(frame), std::forward<Token>(token));
+    if constexpr (std::is_same_v<std::decay_t<Token>, asio::use_awaitable_t<>>) {
+      // co_await async_send(v): encoded into the connection's own buffer and written at
+      // once when the socket has room, without suspending or allocating.
+      encode_to(begin_frame(detail::type_tag<T>()), value);
+      return send_awaitable();
+    } else {
+      std::string frame = make_frame_buffer(detail::type_tag<T>());
+      encode_to(frame, value);
+      return async_send_frame(std::move(frame), std::forward<Token>(token));
+    }
   }
 
   /// Receives the next message as a T. Completion: `void(error_code, T)`.
@@ -334,6 +342,13 @@ class connection {
   void start_receive_frame(std::uint32_t tag,
                            asio::any_completion_handler<void(error_code, detail::frame)> h);
   void start_send_frame(std::string frame, asio::any_completion_handler<void(error_code)> h);
+  // The rest of a frame whose first bytes `try_flush` already wrote.
+  void start_send_rest(std::string rest, bool began,
+                       asio::any_completion_handler<void(error_code)> h);
+  // Writes the frame in the connection's buffer without blocking: true when all of it went
+  // out; otherwise `rest` holds what is left (`began`: part of it went out) or `ec` the error.
+  bool try_flush(std::string& rest, bool& began, error_code& ec);
+  asio::awaitable<void> send_awaitable();
   void start_send_fd(int fd, asio::any_completion_handler<void(error_code)> h);
 
   friend std::pair<connection, connection> make_pipe(const executor_type& ex,
