@@ -66,8 +66,8 @@ const std::error_category* std_category(const std::string& name) {
 std::optional<std::string> what_arg_for(const std::string& what, const std::error_code& ec) {
   const std::string suffix = ": " + ec.message();
   if (what == ec.message()) return std::nullopt;
-  if (what.size() >= suffix.size() && what.compare(what.size() - suffix.size(), suffix.size(),
-                                                   suffix) == 0)
+  if (what.size() >= suffix.size() &&
+      what.compare(what.size() - suffix.size(), suffix.size(), suffix) == 0)
     return what.substr(0, what.size() - suffix.size());
   return what;
 }
@@ -87,7 +87,8 @@ std::exception_ptr make_system_error(const exception_record& r) {
   const auto* cat = std_category(r.category);
   if (!cat) return std::make_exception_ptr(remote_error("std::system_error", r.what));
   const std::error_code ec(r.code, *cat);
-  if (auto arg = what_arg_for(r.what, ec)) return std::make_exception_ptr(std::system_error(ec, *arg));
+  if (auto arg = what_arg_for(r.what, ec))
+    return std::make_exception_ptr(std::system_error(ec, *arg));
   return std::make_exception_ptr(std::system_error(ec));
 }
 
@@ -107,26 +108,31 @@ std::exception_ptr make_future_error(const exception_record& r) {
 std::exception_ptr make_filesystem_error(const exception_record& r) {
   namespace fs = std::filesystem;
   const auto* cat = std_category(r.category);
-  if (!cat) return std::make_exception_ptr(remote_error("std::filesystem::filesystem_error", r.what));
+  if (!cat)
+    return std::make_exception_ptr(remote_error("std::filesystem::filesystem_error", r.what));
   const std::error_code ec(r.code, *cat);
-  // libstdc++ builds what() as "filesystem error: " + what_arg + ": " + message + " [p1] [p2]".
+  // libstdc++ builds what() as "filesystem error: " + what_arg + ": " + message, then " [p1]"
+  // when constructed with one path, " [p1] [p2]" with two (empty paths included).
   std::string arg = r.what;
   const std::string prefix = "filesystem error: ";
   if (arg.rfind(prefix, 0) == 0) arg.erase(0, prefix.size());
-  if (!r.path2.empty()) {
-    const std::string s = " [" + r.path2 + "]";
-    if (arg.size() >= s.size() && arg.compare(arg.size() - s.size(), s.size(), s) == 0)
-      arg.resize(arg.size() - s.size());
-  }
-  if (!r.path1.empty()) {
-    const std::string s = " [" + r.path1 + "]";
-    if (arg.size() >= s.size() && arg.compare(arg.size() - s.size(), s.size(), s) == 0)
-      arg.resize(arg.size() - s.size());
-  }
+  const auto strip = [&arg](const std::string& s) {
+    if (arg.size() < s.size() || arg.compare(arg.size() - s.size(), s.size(), s) != 0) return false;
+    arg.resize(arg.size() - s.size());
+    return true;
+  };
+  int paths = 0;
+  if (strip(" [" + r.path1 + "] [" + r.path2 + "]"))
+    paths = 2;
+  else if (r.path2.empty() && strip(" [" + r.path1 + "]"))
+    paths = 1;
+  else if (!r.path2.empty())
+    paths = 2;
+  else if (!r.path1.empty())
+    paths = 1;
   arg = what_arg_for(arg, ec).value_or("");
-  if (!r.path2.empty())
-    return std::make_exception_ptr(fs::filesystem_error(arg, r.path1, r.path2, ec));
-  if (!r.path1.empty()) return std::make_exception_ptr(fs::filesystem_error(arg, r.path1, ec));
+  if (paths == 2) return std::make_exception_ptr(fs::filesystem_error(arg, r.path1, r.path2, ec));
+  if (paths == 1) return std::make_exception_ptr(fs::filesystem_error(arg, r.path1, ec));
   return std::make_exception_ptr(fs::filesystem_error(arg, ec));
 }
 
@@ -200,13 +206,21 @@ std::string encode_exception(std::exception_ptr e) {
     r.type_name = x.type_name();
     r.what = x.what();
   } catch (const std::exception& x) {
-    const std::type_info& t = typeid(x);
+    // libstdc++ throws stream failures as its own subclass std::__ios_failure: send the
+    // standard type, which the receiver can build.
+    const bool library_ios_failure = dynamic_cast<const std::ios_base::failure*>(&x) &&
+                                     demangle(typeid(x).name()) == "std::__ios_failure";
+    const std::type_info& t = library_ios_failure ? typeid(std::ios_base::failure) : typeid(x);
     if (find_builtin(t.name()) || registry::get().find(t.name())) r.key = t.name();
     r.type_name = demangle(t.name());
     r.what = x.what();
     if (const auto* se = dynamic_cast<const std::system_error*>(&x)) {
       r.code = se->code().value();
       r.category = se->code().category().name();
+    }
+    if (const auto* fe = dynamic_cast<const std::future_error*>(&x)) {  // a logic_error
+      r.code = fe->code().value();
+      r.category = fe->code().category().name();
     }
     if (const auto* fe = dynamic_cast<const std::filesystem::filesystem_error*>(&x)) {
       r.path1 = fe->path1().string();

@@ -105,8 +105,7 @@ void report_exception(const std::string& name, std::exception_ptr e) {
   } catch (const remote_error& x) {
     std::fprintf(stderr, "process %s: %s: %s\n", name.c_str(), x.type_name().c_str(), x.what());
   } catch (const std::exception& x) {
-    std::fprintf(stderr, "process %s: %s: %s\n", name.c_str(), demangled_type(x).c_str(),
-                 x.what());
+    std::fprintf(stderr, "process %s: %s: %s\n", name.c_str(), demangled_type(x).c_str(), x.what());
   } catch (...) {
     std::fprintf(stderr, "process %s: unknown exception\n", name.c_str());
   }
@@ -314,8 +313,8 @@ struct call_op {
     if (ec) return self.complete(std::make_exception_ptr(boost::system::system_error(ec)), frame{});
     if (error) return self.complete(error, frame{});
     if (have_result) return self.complete(nullptr, std::move(result));
-    self.complete(std::make_exception_ptr(process_error(req.name, status, {},
-                                                        "ended without delivering its result")),
+    self.complete(std::make_exception_ptr(
+                      process_error(req.name, status, {}, "ended without delivering its result")),
                   frame{});
   }
 
@@ -334,9 +333,8 @@ struct call_op {
     } catch (...) {
     }
     l->channel.close();
-    self.reset_cancellation_state([](asio::cancellation_type) {
-      return asio::cancellation_type::none;
-    });
+    self.reset_cancellation_state(
+        [](asio::cancellation_type) { return asio::cancellation_type::none; });
     l->proc.async_wait(std::move(self));
   }
 };
@@ -402,14 +400,12 @@ void process::start() {
 }
 
 exit_status process::join() {
-  if (!started_)
-    throw boost::system::system_error(make_error_code(errc::not_running), "join");
+  if (!started_) throw boost::system::system_error(make_error_code(errc::not_running), "join");
   return child_.wait();
 }
 
 std::optional<exit_status> process::join(std::chrono::milliseconds timeout) {
-  if (!started_)
-    throw boost::system::system_error(make_error_code(errc::not_running), "join");
+  if (!started_) throw boost::system::system_error(make_error_code(errc::not_running), "join");
   if (auto s = child_.try_wait()) return s;
   const int fd = detail::pidfd_of(child_);
   if (fd < 0) return child_.status();
@@ -507,8 +503,9 @@ void worker_hook(int, char**) {
     detail::leave(detail::write_all(fd, frame.data(), frame.size()) ? 0 : 1);
   }
   if (result_tag == detail::exception_tag) {
-    detail::report_exception(req.name.empty() ? "worker" : req.name,
-                             decode_exception(decode<std::string>(std::string_view(frame).substr(8))));
+    detail::report_exception(
+        req.name.empty() ? "worker" : req.name,
+        decode_exception(decode<std::string>(std::string_view(frame).substr(8))));
     detail::leave(1);
   }
   detail::leave(0);

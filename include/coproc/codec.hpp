@@ -4,16 +4,18 @@
 // child, or the program re-executed by the spawn start method). Supported without user code:
 // arithmetic types, enums, std::string, vector, deque, list, array, map, unordered_map, set,
 // unordered_set, optional, variant, tuple, pair, chrono durations and time points, byte
-// buffers, aggregates whose fields are encodable (through Boost.PFR), and every type cereal can
-// serialize (a `serialize` member, or `save`/`load` members). The encoding is cereal's data
-// model written by a coproc archive straight into a std::string: no iostreams, and trivially
-// copyable values (numbers, scoped enums, arrays and aggregates of them) are copied as one block.
+// buffers, aggregates whose fields are encodable (through Boost.PFR, which cannot reflect C array
+// members: use std::array), and every type cereal can serialize (a `serialize` member, or
+// `save`/`load` members). The encoding is cereal's data model written by a coproc archive
+// straight into a std::string: no iostreams, and trivially copyable values (numbers, scoped
+// enums, arrays and aggregates of them) are copied as one block.
 //
 // The encoding is not portable between machines of different endianness or between programs
 // built differently: both ends run the same binary.
 #pragma once
 
 #include <coproc/config.hpp>
+#include <coproc/error.hpp>
 
 #include <boost/pfr/core.hpp>
 #include <boost/system/system_error.hpp>
@@ -86,18 +88,22 @@ class output_archive;
 class input_archive;
 
 // A user type that brings its own cereal functions is serialized by them, never field by field.
+// Through cereal::access, so that private members with `friend class cereal::access` count.
 template <typename T>
-concept has_member_serialization =
-    requires(T& t, output_archive& a) { t.serialize(a); } ||
-    requires(const T& t, output_archive& a) { t.save(a); } ||
-    requires(T& t, output_archive& a, std::uint32_t v) { t.serialize(a, v); } ||
-    requires(const T& t, output_archive& a, std::uint32_t v) { t.save(a, v); };
+concept has_member_serialization = requires(T& t, output_archive& a) {
+  cereal::access::member_serialize(a, t);
+}
+|| requires(const T& t, output_archive& a) { cereal::access::member_save(a, t); }
+|| requires(T& t, output_archive& a, std::uint32_t v) { cereal::access::member_serialize(a, t, v); }
+|| requires(const T& t, output_archive& a, std::uint32_t v) {
+  cereal::access::member_save(a, t, v);
+};
 
 // A plain aggregate, encoded field by field through Boost.PFR.
 template <typename T>
-concept reflectable = std::is_class_v<T> && std::is_aggregate_v<T> && !std::is_union_v<T> &&
-                      !is_std_array<T>::value && !std::is_same_v<T, std::monostate> &&
-                      !has_member_serialization<T>;
+concept reflectable =
+    std::is_class_v<T> && std::is_aggregate_v<T> && !std::is_union_v<T> &&
+    !is_std_array<T>::value && !std::is_same_v<T, std::monostate> && !has_member_serialization<T>;
 
 template <typename T>
 consteval bool bitwise_check();
@@ -180,19 +186,17 @@ template <typename C, typename D>
 struct is_time_point<std::chrono::time_point<C, D>> : std::true_type {};
 
 template <typename T>
-concept std_container = requires { typename T::value_type; } &&
-                        (requires { typename T::key_type; } ||
-                         std::is_same_v<T, std::vector<typename T::value_type,
-                                                       typename T::allocator_type>> ||
-                         std::is_same_v<T, std::deque<typename T::value_type,
-                                                      typename T::allocator_type>> ||
-                         std::is_same_v<T, std::list<typename T::value_type,
-                                                     typename T::allocator_type>> ||
-                         std::is_same_v<T, std::basic_string<typename T::value_type>>);
+concept std_container = requires {
+  typename T::value_type;
+}
+&&(requires { typename T::key_type; } ||
+   std::is_same_v<T, std::vector<typename T::value_type, typename T::allocator_type>> ||
+   std::is_same_v<T, std::deque<typename T::value_type, typename T::allocator_type>> ||
+   std::is_same_v<T, std::list<typename T::value_type, typename T::allocator_type>> ||
+   std::is_same_v<T, std::basic_string<typename T::value_type>>);
 
 template <typename T>
-concept cereal_serializable =
-    cereal::traits::is_output_serializable<T, output_archive>::value &&
+concept cereal_serializable = cereal::traits::is_output_serializable<T, output_archive>::value &&
     cereal::traits::is_input_serializable<T, input_archive>::value;
 
 // Walks into the standard containers so that `std::vector<std::thread>` is rejected by the
@@ -202,6 +206,8 @@ consteval bool encodable_check() {
   if constexpr (std::is_reference_v<T> || std::is_pointer_v<T> || std::is_const_v<T> ||
                 std::is_volatile_v<T>) {
     return false;
+  } else if constexpr (!std::is_default_constructible_v<T>) {
+    return false;  // decoding default-constructs every value, nested ones included
   } else if constexpr (std::is_arithmetic_v<T> || std::is_enum_v<T>) {
     return true;
   } else if constexpr (std::is_array_v<T>) {
@@ -242,7 +248,8 @@ concept encodable = detail::encodable_check<T>() && std::default_initializable<T
 namespace detail {
 
 // cereal archive writing straight into a std::string.
-class output_archive : public cereal::OutputArchive<output_archive, cereal::AllowEmptyClassElision> {
+class output_archive
+    : public cereal::OutputArchive<output_archive, cereal::AllowEmptyClassElision> {
  public:
   explicit output_archive(std::string& out) : OutputArchive(this), out_(out) {}
   void save_binary(const void* data, std::size_t n) {
@@ -277,13 +284,11 @@ class input_archive : public cereal::InputArchive<input_archive, cereal::AllowEm
 };
 
 template <typename T>
-  requires std::is_arithmetic_v<T>
-void save(output_archive& ar, const T& v) {
-  ar.save_binary(&v, sizeof v);
-}
+requires std::is_arithmetic_v<T>
+void save(output_archive& ar, const T& v) { ar.save_binary(&v, sizeof v); }
 
 template <typename T>
-  requires std::is_arithmetic_v<T>
+requires std::is_arithmetic_v<T>
 void load(input_archive& ar, T& v) {
   if constexpr (std::is_same_v<T, bool>) {
     unsigned char b;
@@ -324,14 +329,14 @@ void load(input_archive& ar, cereal::BinaryData<T>& bd) {
 // Vectors and arrays of block-copyable elements that cereal would walk one by one
 // (std::byte, scoped enums, aggregates): one block.
 template <typename T, typename A>
-  requires(bitwise_encodable<T> && !std::is_arithmetic_v<T>)
-void save(output_archive& ar, const std::vector<T, A>& v) {
+requires(bitwise_encodable<T> && !std::is_arithmetic_v<T>) void save(output_archive& ar,
+                                                                     const std::vector<T, A>& v) {
   ar(cereal::make_size_tag(static_cast<cereal::size_type>(v.size())));
   ar.save_binary(v.data(), v.size() * sizeof(T));
 }
 template <typename T, typename A>
-  requires(bitwise_encodable<T> && !std::is_arithmetic_v<T>)
-void load(input_archive& ar, std::vector<T, A>& v) {
+requires(bitwise_encodable<T> && !std::is_arithmetic_v<T>) void load(input_archive& ar,
+                                                                     std::vector<T, A>& v) {
   cereal::size_type n;
   ar(cereal::make_size_tag(n));
   ar.check_length(n, sizeof(T));
@@ -339,18 +344,24 @@ void load(input_archive& ar, std::vector<T, A>& v) {
   ar.load_binary(v.data(), v.size() * sizeof(T));
 }
 template <typename T, std::size_t N>
-  requires(bitwise_encodable<T> && !std::is_arithmetic_v<T>)
-void save(output_archive& ar, const std::array<T, N>& v) {
+requires(bitwise_encodable<T> && !std::is_arithmetic_v<T>) void save(output_archive& ar,
+                                                                     const std::array<T, N>& v) {
   ar.save_binary(v.data(), sizeof v);
 }
 template <typename T, std::size_t N>
-  requires(bitwise_encodable<T> && !std::is_arithmetic_v<T>)
-void load(input_archive& ar, std::array<T, N>& v) {
+requires(bitwise_encodable<T> && !std::is_arithmetic_v<T>) void load(input_archive& ar,
+                                                                     std::array<T, N>& v) {
   ar.load_binary(v.data(), sizeof v);
 }
 
+// cereal loads std::array of arithmetic types as one block, bools included: check each one.
+template <std::size_t N>
+void load(input_archive& ar, std::array<bool, N>& v) {
+  for (bool& b : v) ar(b);
+}
+
 template <typename T>
-  requires reflectable<T>
+requires reflectable<T>
 void serialize(output_archive& ar, T& v) {
   if constexpr (bitwise_encodable<T>)
     ar.save_binary(&v, sizeof v);
@@ -358,7 +369,7 @@ void serialize(output_archive& ar, T& v) {
     boost::pfr::for_each_field(v, [&ar](auto& field) { ar(field); });
 }
 template <typename T>
-  requires reflectable<T>
+requires reflectable<T>
 void serialize(input_archive& ar, T& v) {
   if constexpr (bitwise_encodable<T>)
     ar.load_binary(&v, sizeof v);
@@ -452,11 +463,10 @@ void register_exception_type(const std::type_info& type, exception_factory make)
 /// that decodes: before forking, or at start-up in a program used with the spawn start method.
 /// Registering the same type again replaces the factory. Thread-safe.
 template <typename E>
-  requires std::constructible_from<E, std::string>
+requires std::constructible_from<E, std::string>
 void register_exception() {
-  detail::register_exception_type(typeid(E), [](const std::string& message) {
-    return std::make_exception_ptr(E(message));
-  });
+  detail::register_exception_type(
+      typeid(E), [](const std::string& message) { return std::make_exception_ptr(E(message)); });
 }
 
 /// As above, with a factory for types built differently.

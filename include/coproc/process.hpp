@@ -140,9 +140,9 @@ bool register_function_v(const char* name) {
   using traits = function_traits<decltype(Fn)>;
   static_assert(encodable<typename traits::args>,
                 "coproc: COPROC_REGISTER needs encodable parameter types");
-  static_assert(std::is_void_v<typename traits::result> ||
-                    encodable<std::decay_t<typename traits::result>>,
-                "coproc: COPROC_REGISTER needs an encodable result type");
+  static_assert(
+      std::is_void_v<typename traits::result> || encodable<std::decay_t<typename traits::result>>,
+      "coproc: COPROC_REGISTER needs an encodable result type");
   register_function(name, reinterpret_cast<any_function>(Fn), &invoke_registered<Fn>);
   return true;
 }
@@ -200,7 +200,9 @@ std::string spawn_request(F& f, std::tuple<Args...>& args, const std::string& na
 }
 
 template <typename T>
-concept has_run_member = requires(T& t) { t.run(); };
+concept has_run_member = requires(T& t) {
+  t.run();
+};
 
 std::string next_process_name();
 
@@ -221,9 +223,9 @@ class process {
 
   /// A process that runs `fn(args...)`, or `fn.run()` for an object with a `run` member.
   template <typename F, typename... Args>
-    requires(std::invocable<std::decay_t<F>&, std::decay_t<Args>&...> ||
-             (sizeof...(Args) == 0 && detail::has_run_member<std::decay_t<F>>))
-  process(const executor_type& ex, process_options options, F&& fn, Args&&... args)
+  requires(std::invocable<std::decay_t<F>&, std::decay_t<Args>&...> ||
+           (sizeof...(Args) == 0 && detail::has_run_member<std::decay_t<F>>))
+      process(const executor_type& ex, process_options options, F&& fn, Args&&... args)
       : ex_(ex), options_(std::move(options)) {
     if (options_.name.empty()) options_.name = detail::next_process_name();
     using Fn = std::decay_t<F>;
@@ -239,9 +241,9 @@ class process {
     }
   }
   template <typename F, typename... Args>
-    requires(std::invocable<std::decay_t<F>&, std::decay_t<Args>&...> ||
-             (sizeof...(Args) == 0 && detail::has_run_member<std::decay_t<F>>))
-  process(const executor_type& ex, F&& fn, Args&&... args)
+  requires(std::invocable<std::decay_t<F>&, std::decay_t<Args>&...> ||
+           (sizeof...(Args) == 0 && detail::has_run_member<std::decay_t<F>>))
+      process(const executor_type& ex, F&& fn, Args&&... args)
       : process(ex, process_options{}, std::forward<F>(fn), std::forward<Args>(args)...) {}
 
   process(process&&) noexcept;
@@ -309,15 +311,16 @@ class process {
 /// The result type must be `encodable`; with the spawn method the arguments too, and `fn`
 /// must be a function registered with `COPROC_REGISTER`.
 template <typename Token, typename F, typename... Args>
-  requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
-auto async_call(const executor_type& ex, call_options options, Token&& token, F&& fn,
-                Args&&... args) {
+requires std::invocable < std::decay_t<F>
+&, std::decay_t<Args>&... > auto async_call(const executor_type& ex, call_options options,
+                                            Token&& token, F&& fn, Args&&... args) {
   using Fn = std::decay_t<F>;
   using R = std::decay_t<std::invoke_result_t<Fn&, std::decay_t<Args>&...>>;
   static_assert(std::is_void_v<R> || encodable<R>,
                 "coproc::async_call: the result type must be encodable (coproc::encodable)");
-  using Sig = std::conditional_t<std::is_void_v<R>, void(std::exception_ptr),
-                                 void(std::exception_ptr, std::conditional_t<std::is_void_v<R>, int, R>)>;
+  using Sig =
+      std::conditional_t<std::is_void_v<R>, void(std::exception_ptr),
+                         void(std::exception_ptr, std::conditional_t<std::is_void_v<R>, int, R>)>;
   detail::launch_request req;
   req.method = options.method;
   req.name = options.name.empty() ? "call" : options.name;
@@ -365,9 +368,10 @@ auto async_call(const executor_type& ex, call_options options, Token&& token, F&
 
 /// `co_await async_call(fn, args...)`: the coroutine form, on the coroutine's executor.
 template <typename F, typename... Args>
-  requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
-auto async_call(F&& fn, Args&&... args)
-    -> asio::awaitable<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>> {
+requires std::invocable < std::decay_t<F>
+&, std::decay_t<Args>&... >
+       auto async_call(F&& fn, Args&&... args)
+           -> asio::awaitable<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>> {
   // Named locals, not temporaries, in the co_await expression: g++ 12 destroys some
   // temporaries of a co_await full-expression twice.
   auto ex = co_await asio::this_coro::executor;
@@ -379,9 +383,10 @@ auto async_call(F&& fn, Args&&... args)
 
 /// `co_await async_call(options, fn, args...)`.
 template <typename F, typename... Args>
-  requires std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>
-auto async_call(call_options options, F&& fn, Args&&... args)
-    -> asio::awaitable<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>> {
+requires std::invocable < std::decay_t<F>
+&, std::decay_t<Args>&... >
+       auto async_call(call_options options, F&& fn, Args&&... args)
+           -> asio::awaitable<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>> {
   auto ex = co_await asio::this_coro::executor;
   auto op = async_call(ex, std::move(options), asio::use_awaitable, std::forward<F>(fn),
                        std::forward<Args>(args)...);
@@ -401,6 +406,6 @@ void worker_hook(int argc, char** argv);
 /// Registers a function (by name) for the spawn start method. Use at namespace scope, once
 /// per function: `COPROC_REGISTER(square);` or `COPROC_REGISTER(ns::square);`. Parameter and
 /// result types must be encodable; the function must not be overloaded.
-#define COPROC_REGISTER(fn)                                                          \
+#define COPROC_REGISTER(fn)                                                               \
   [[maybe_unused]] static const bool COPROC_DETAIL_CONCAT(coproc_registered_, __LINE__) = \
       ::coproc::detail::register_function_v<&fn>(#fn)
