@@ -53,9 +53,9 @@ struct connection_impl {
   std::unique_ptr<char[]> buf;
   std::size_t cap = 0, begin = 0, end = 0;
   bool eof = false;
-  std::uint64_t skip = 0;       // bytes of an oversized message still to drop
-  std::deque<unique_fd> fds;    // received descriptors, in arrival order
-  bool big_active = false;      // a large frame is being read straight into `big`
+  std::uint64_t skip = 0;     // bytes of an oversized message still to drop
+  std::deque<unique_fd> fds;  // received descriptors, in arrival order
+  bool big_active = false;    // a large frame is being read straight into `big`
   std::uint32_t big_tag = 0;
   std::size_t big_filled = 0;
   std::string big;
@@ -68,8 +68,7 @@ struct connection_impl {
 
   // The next frame with tag `want`. On got::frame either `view` (into the buffer, valid until
   // the next read) or `out.payload` (a large frame) holds the payload.
-  got next(std::uint32_t want, std::string_view& view, frame& out, bool& owned,
-           error_code& ec) {
+  got next(std::uint32_t want, std::string_view& view, frame& out, bool& owned, error_code& ec) {
     owned = false;
     if (skip) {
       const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(skip, buffered()));
@@ -78,7 +77,8 @@ struct connection_impl {
       if (skip) return eof ? (ec = asio::error::eof, got::error) : got::need_read;
     }
     if (big_active) {
-      if (want != any_tag && want != big_tag) return ec = make_error_code(errc::type_mismatch), got::error;
+      if (want != any_tag && want != big_tag)
+        return ec = make_error_code(errc::type_mismatch), got::error;
       const std::size_t n = std::min(buffered(), big.size() - big_filled);
       if (n) std::memcpy(big.data() + big_filled, buf.get() + begin, n);
       begin += n;
@@ -127,7 +127,10 @@ struct connection_impl {
       out.tag = h.tag;
       return got::frame;
     }
-    if (eof) return ec = asio::error::eof, got::error;
+    if (eof) {
+      begin = end;  // the partial message is dropped: every later receive sees end-of-stream
+      return ec = asio::error::eof, got::error;
+    }
     if (header_size + h.size <= buffer_size) {
       reserve_frame(header_size + h.size);
       return got::need_read;
@@ -338,7 +341,8 @@ struct receive_op : op_base {
   void operator()(Self& self, error_code ec) {
     if (!ec && cancelled(self)) ec = asio::error::operation_aborted;
     if (ec) return self.complete(ec, frame{});
-    if (!attempt()) return p->sock.async_wait(asio::posix::descriptor_base::wait_read, std::move(self));
+    if (!attempt())
+      return p->sock.async_wait(asio::posix::descriptor_base::wait_read, std::move(self));
     self.complete(result, std::move(f));
   }
   // True when the operation has its result (a frame or an error).
@@ -488,8 +492,8 @@ void check_socket(int fd) {
   int type = 0, domain = 0;
   socklen_t len = sizeof type;
   if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
-    throw boost::system::system_error(errno_code(errno), "connection: descriptor " +
-                                                             std::to_string(fd));
+    throw boost::system::system_error(errno_code(errno),
+                                      "connection: descriptor " + std::to_string(fd));
   len = sizeof domain;
   ::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
   if (type != SOCK_STREAM || domain != AF_UNIX)
@@ -512,8 +516,16 @@ connection::connection(const executor_type& ex, int fd, connection_options optio
 }
 
 connection::connection(connection&&) noexcept = default;
-connection& connection::operator=(connection&&) noexcept = default;
-connection::~connection() = default;
+// Pending operations share the implementation: without an explicit close the descriptor
+// would stay open (and they pending) for as long as they wait.
+connection& connection::operator=(connection&& o) noexcept {
+  if (this != &o) {
+    close();
+    p_ = std::move(o.p_);
+  }
+  return *this;
+}
+connection::~connection() { close(); }
 
 connection::executor_type connection::get_executor() const noexcept {
   if (p_) return p_->sock.get_executor();
@@ -616,10 +628,12 @@ bool connection::try_receive_into(std::uint32_t tag, payload_sink sink, void* co
 }
 
 bool connection::poll(std::chrono::milliseconds timeout) {
-  if (!p_ || !p_->sock.is_open()) throw boost::system::system_error(asio::error::bad_descriptor, "poll");
+  if (!p_ || !p_->sock.is_open())
+    throw boost::system::system_error(asio::error::bad_descriptor, "poll");
   if (p_->buffered() > 0 || p_->eof || p_->big_active) return true;
   error_code ec;
-  const auto ms = timeout.count() < 0 ? -1 : static_cast<int>(std::min<long long>(timeout.count(), 1 << 30));
+  const auto ms =
+      timeout.count() < 0 ? -1 : static_cast<int>(std::min<long long>(timeout.count(), 1 << 30));
   const bool ready = p_->wait_for(POLLIN, ms, ec);
   if (ec) throw boost::system::system_error(ec, "poll");
   return ready;
@@ -788,7 +802,10 @@ bool connection::try_flush(std::string& rest, bool& began, error_code& ec) {
   std::memcpy(frame.data(), &size, 4);
   std::size_t done = 0;
   p_->write_some(frame.data(), frame.size(), done, ec);
-  if (!ec) return true;
+  if (!ec) {
+    if (frame.capacity() > 1024 * 1024) frame = std::string();  // don't hoard
+    return true;
+  }
   if (ec != asio::error::would_block) return false;
   ec = {};
   began = done > 0;

@@ -14,6 +14,7 @@
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/cancellation_state.hpp>
 #include <boost/asio/compose.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/system/system_error.hpp>
@@ -208,10 +209,11 @@ class connection {
       return receive_awaitable<T>();
     } else {
       return asio::async_compose<Token, void(error_code, T)>(
-          [this, started = false](auto& self, error_code ec = {},
-                                  detail::frame f = {}) mutable {
+          [this, started = false](auto& self, error_code ec = {}, detail::frame f = {}) mutable {
             if (!started) {
               started = true;
+              // Every cancellation type, not only the default terminal.
+              self.reset_cancellation_state(asio::enable_total_cancellation());
               return async_receive_frame(detail::type_tag<T>(), std::move(self));
             }
             T value{};
@@ -245,6 +247,8 @@ class connection {
         [this, started = false](auto& self, error_code ec = {}, detail::frame f = {}) mutable {
           if (!started) {
             started = true;
+            // Every cancellation type, not only the default terminal.
+            self.reset_cancellation_state(asio::enable_total_cancellation());
             return async_receive_frame(detail::bytes_tag, std::move(self));
           }
           self.complete(ec, std::move(f.payload));
@@ -273,6 +277,8 @@ class connection {
         [this, started = false](auto& self, error_code ec = {}, detail::frame f = {}) mutable {
           if (!started) {
             started = true;
+            // Every cancellation type, not only the default terminal.
+            self.reset_cancellation_state(asio::enable_total_cancellation());
             return async_receive_frame(detail::fd_tag, std::move(self));
           }
           self.complete(ec, std::move(f.fd));
@@ -298,9 +304,7 @@ class connection {
   template <typename Token = default_token>
   auto async_receive_frame(std::uint32_t tag, Token&& token = {}) {
     return asio::async_initiate<Token, void(error_code, detail::frame)>(
-        [this](auto handler, std::uint32_t tag) {
-          start_receive_frame(tag, std::move(handler));
-        },
+        [this](auto handler, std::uint32_t tag) { start_receive_frame(tag, std::move(handler)); },
         token, tag);
   }
   /// Completion: `void(error_code)`.
@@ -351,8 +355,7 @@ class connection {
   asio::awaitable<void> send_awaitable();
   void start_send_fd(int fd, asio::any_completion_handler<void(error_code)> h);
 
-  friend std::pair<connection, connection> make_pipe(const executor_type& ex,
-                                                    pipe_options options);
+  friend std::pair<connection, connection> make_pipe(const executor_type& ex, pipe_options options);
   // Shared with outstanding operations, so destroying the connection never leaves them
   // dangling.
   std::shared_ptr<detail::connection_impl> p_;

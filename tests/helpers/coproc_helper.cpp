@@ -38,6 +38,8 @@
 //   sleep-forever        sleep until killed
 //   pid / pgid / sid     getpid() / getpgrp() / getsid(0)
 //   sigstate             "SIGPIPE default|ignore" and "blocked none|<signals>"
+//   echo-frames FD       read connection frames (8-byte header: payload size, tag) from
+//                        socket FD and write each back whole, until end-of-file
 //
 // Plain C++ and POSIX on purpose: full writes, EINTR loops, no stdio buffering.
 
@@ -57,8 +59,10 @@
 
 #include <dirent.h>
 #include <limits.h>
+#include <poll.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 namespace {
@@ -244,6 +248,63 @@ void signal_state() {
   write_line(1, s);
 }
 
+/// Waits until `fd` (possibly non-blocking: a passed connection end) is ready for `events`.
+void wait_ready(int fd, short events) {
+  pollfd p{fd, events, 0};
+  while (::poll(&p, 1, -1) < 0)
+    if (errno != EINTR) die(std::string("poll: ") + std::strerror(errno));
+}
+
+/// Reads exactly `n` bytes; false at end-of-file before the first byte (dies after it).
+bool read_exactly(int fd, char* data, std::size_t n) {
+  std::size_t done = 0;
+  while (done < n) {
+    ssize_t r = ::read(fd, data + done, n - done);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      wait_ready(fd, POLLIN);
+      continue;
+    }
+    if (r < 0) die("read fd " + std::to_string(fd) + ": " + std::strerror(errno));
+    if (r == 0) {
+      if (done == 0) return false;
+      die("end-of-file in the middle of a frame on fd " + std::to_string(fd));
+    }
+    done += static_cast<std::size_t>(r);
+  }
+  return true;
+}
+
+void write_exactly(int fd, const char* data, std::size_t n) {
+  while (n > 0) {
+    ssize_t w = ::send(fd, data, n, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      wait_ready(fd, POLLOUT);
+      continue;
+    }
+    if (w < 0) die("send fd " + std::to_string(fd) + ": " + std::strerror(errno));
+    data += w;
+    n -= static_cast<std::size_t>(w);
+  }
+}
+
+/// Echoes whole frames (header and payload, as <coproc/pipe.hpp> writes them) until end-of-file.
+void echo_frames(int fd) {
+  std::vector<char> frame;
+  for (;;) {
+    char header[8];
+    if (!read_exactly(fd, header, sizeof header)) return;
+    std::uint32_t size;
+    std::memcpy(&size, header, sizeof size);
+    frame.assign(header, header + sizeof header);
+    frame.resize(sizeof header + size);
+    if (!read_exactly(fd, frame.data() + sizeof header, size))
+      die("end-of-file in the middle of a frame on fd " + std::to_string(fd));
+    write_exactly(fd, frame.data(), frame.size());
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -389,6 +450,9 @@ int main(int argc, char** argv) {
       write_line(1, std::to_string(::getsid(0)));
     } else if (cmd == "sigstate") {
       signal_state();
+    } else if (cmd == "echo-frames") {
+      need(i, 1);
+      echo_frames(to_int(argv[++i]));
     } else {
       die("unknown subcommand: " + std::string(cmd));
     }
