@@ -24,9 +24,8 @@ namespace detail {
 
 void throw_decode_error(const char* what, std::size_t need, std::size_t left) {
   std::string m = what;
-  if (need) m += " (" + std::to_string(need) + " bytes needed";
-  if (need) m += ", " + std::to_string(left) + " left)";
-  if (!need && left) m += " (" + std::to_string(left) + " bytes)";
+  if (need) m += " (" + std::to_string(need) + " bytes needed, " + std::to_string(left) + " left)";
+  if (!need && left) m += " (" + std::to_string(left) + " bytes after the value)";
   throw decode_error(m);
 }
 
@@ -211,7 +210,7 @@ std::string encode_exception(std::exception_ptr e) {
     const bool library_ios_failure = dynamic_cast<const std::ios_base::failure*>(&x) &&
                                      demangle(typeid(x).name()) == "std::__ios_failure";
     const std::type_info& t = library_ios_failure ? typeid(std::ios_base::failure) : typeid(x);
-    if (find_builtin(t.name()) || registry::get().find(t.name())) r.key = t.name();
+    r.key = t.name();  // the decoding process decides: registered, standard, or remote_error
     r.type_name = demangle(t.name());
     r.what = x.what();
     if (const auto* se = dynamic_cast<const std::system_error*>(&x)) {

@@ -42,10 +42,11 @@ enum class got { frame, need_read, error };
 
 struct connection_impl {
   connection_impl(const executor_type& ex, int fd, std::size_t max)
-      : sock(ex, fd), max_message(max) {}
+      : sock(ex, fd), max_message(max), owner(::getpid()) {}
 
   asio::posix::stream_descriptor sock;
   std::size_t max_message;
+  pid_t owner;  // the process whose event loop registered the descriptor
   bool can_send = true;
   bool can_receive = true;
 
@@ -532,8 +533,13 @@ connection::executor_type connection::get_executor() const noexcept {
   return asio::system_executor();
 }
 bool connection::is_open() const noexcept { return p_ && p_->sock.is_open(); }
+// In a forked child the descriptor is registered with the parent's epoll instance, which the
+// child shares: letting Asio deregister it there (it does for adopted descriptors) would
+// remove the parent's registration too. So the child closes the descriptor itself first;
+// Asio's deregistration then fails harmlessly on a closed number.
 void connection::close() {
   if (!p_) return;
+  if (p_->sock.is_open() && ::getpid() != p_->owner) ::close(p_->sock.native_handle());
   error_code ec;
   p_->sock.close(ec);
   p_->can_send = p_->can_receive = false;
@@ -541,7 +547,15 @@ void connection::close() {
 int connection::native_handle() const noexcept { return p_ ? p_->fd() : -1; }
 int connection::release() {
   if (!p_ || !p_->sock.is_open()) return -1;
-  const int fd = p_->sock.release();
+  int fd;
+  if (::getpid() != p_->owner) {
+    fd = ::fcntl(p_->sock.native_handle(), F_DUPFD_CLOEXEC, 0);  // see close()
+    ::close(p_->sock.native_handle());
+    error_code ec;
+    p_->sock.close(ec);
+  } else {
+    fd = p_->sock.release();
+  }
   p_.reset();
   return fd;
 }

@@ -89,7 +89,15 @@ bool read_all(int fd, char* data, std::size_t n) {
   return true;
 }
 
+// Fills in the size of a result frame; one beyond the frame format's limit becomes an
+// exception frame saying so.
 void fill_header(std::string& frame) {
+  if (frame.size() - 8 > 0xffffffffu) {
+    const std::string what = "coproc: a result of " + std::to_string(frame.size() - 8) +
+                             " bytes exceeds the 4 GiB - 1 limit of a message";
+    frame = connection::make_frame_buffer(exception_tag);
+    encode_to(frame, encode_exception(std::make_exception_ptr(std::length_error(what))));
+  }
   const auto size = static_cast<std::uint32_t>(frame.size() - 8);
   std::memcpy(frame.data(), &size, 4);
 }
@@ -186,6 +194,10 @@ launched fork_callable(const executor_type& ex, launch_request& req) {
 }
 
 launched spawn_callable(const executor_type& ex, launch_request& req) {
+  if (std::getenv(worker_env))  // worker_hook unsets it: this worker never called it
+    throw std::logic_error(
+        "coproc: the spawn start method re-executes this program, which must call "
+        "coproc::worker_hook(argc, argv) first thing in main (this copy did not)");
   if (req.request.empty())
     throw std::invalid_argument("coproc: process \"" + req.name +
                                 "\" cannot use the spawn start method: " + req.why_not_spawnable);

@@ -559,7 +559,7 @@ TEST(codec, trailing_bytes_are_a_decode_error) {
   std::string e = encode(sample_outer()) + "x";
   EXPECT_TRUE(contains(decode_failure<outer>(e), "trailing bytes"));
   EXPECT_TRUE(contains(decode_failure<std::string>(encode(std::string("abc")) + "zz"),
-                       "trailing bytes (2 bytes)"));
+                       "trailing bytes (2 bytes after the value)"));
   EXPECT_TRUE(contains(decode_failure<std::vector<point>>(encode(std::vector<point>{{1, 2}}) + "!"),
                        "trailing bytes"));
 }

@@ -293,7 +293,7 @@ void load(input_archive& ar, T& v) {
   if constexpr (std::is_same_v<T, bool>) {
     unsigned char b;
     ar.load_binary(&b, 1);
-    if (b > 1) throw_decode_error("invalid bool", 1, ar.remaining());
+    if (b > 1) throw_decode_error("invalid bool", 0, 0);
     v = b != 0;
   } else {
     ar.load_binary(&v, sizeof v);

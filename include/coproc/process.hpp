@@ -45,7 +45,7 @@ enum class start_method { fork, spawn };
 struct process_options {
   /// Shown in errors and set as the child's process name (first 15 bytes, `ps -o comm`).
   /// Empty: "process-N" with N counting the processes made by this program.
-  std::string name;
+  std::string name{};
   /// A daemon child is killed (SIGKILL) when the parent exits or dies, by any means.
   /// Caveat of Linux' PR_SET_PDEATHSIG: "the parent" is the thread that called `start`.
   bool daemon = false;
@@ -56,7 +56,7 @@ struct process_options {
 struct call_options {
   start_method method = start_method::fork;
   /// Shown in errors and set as the child's process name. Empty: "call".
-  std::string name;
+  std::string name{};
   /// The largest result accepted (bytes of its encoding).
   std::size_t max_result_size = 0xffffffffu;
 };
@@ -69,7 +69,7 @@ using invoker = void (*)(std::string_view args, std::string& result);
 using any_function = void (*)();
 
 struct registered_function {
-  std::string name;
+  std::string name{};
   any_function address;
   invoker invoke;
 };
@@ -150,7 +150,7 @@ bool register_function_v(const char* name) {
 // What the non-template part needs to start a child for a callable.
 struct launch_request {
   start_method method = start_method::fork;
-  std::string name;
+  std::string name{};
   bool daemon = false;
   bool want_result = false;
   // fork: runs in the child and returns the result frame (empty: nothing to send).
@@ -311,9 +311,8 @@ class process {
 /// The result type must be `encodable`; with the spawn method the arguments too, and `fn`
 /// must be a function registered with `COPROC_REGISTER`.
 template <typename Token, typename F, typename... Args>
-requires std::invocable < std::decay_t<F>
-&, std::decay_t<Args>&... > auto async_call(const executor_type& ex, call_options options,
-                                            Token&& token, F&& fn, Args&&... args) {
+requires(std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>) auto async_call(
+    const executor_type& ex, call_options options, Token&& token, F&& fn, Args&&... args) {
   using Fn = std::decay_t<F>;
   using R = std::decay_t<std::invoke_result_t<Fn&, std::decay_t<Args>&...>>;
   static_assert(std::is_void_v<R> || encodable<R>,
@@ -327,12 +326,18 @@ requires std::invocable < std::decay_t<F>
   req.want_result = true;
   std::tuple<std::decay_t<Args>...> stored(std::forward<Args>(args)...);
   Fn f(std::forward<F>(fn));
-  if (options.method == start_method::spawn)
+  if (options.method == start_method::spawn) {
     req.request = detail::spawn_request(f, stored, req.name, true, req.why_not_spawnable);
-  else
-    req.run_in_child = [f = std::move(f), stored = std::move(stored)]() mutable {
-      return detail::run_to_frame([&]() -> decltype(auto) { return std::apply(f, stored); });
+  } else {
+    // Shared, not captured by value: std::function needs a copyable target, and `fn` or an
+    // argument may be move-only (as `process` allows).
+    auto call = std::make_shared<std::pair<Fn, std::tuple<std::decay_t<Args>...>>>(
+        std::move(f), std::move(stored));
+    req.run_in_child = [call] {
+      return detail::run_to_frame(
+          [&]() -> decltype(auto) { return std::apply(call->first, call->second); });
     };
+  }
   return asio::async_compose<Token, Sig>(
       [ex, req = std::move(req), max = options.max_result_size, started = false](
           auto& self, std::exception_ptr e = {}, detail::frame f = {}) mutable {
@@ -367,29 +372,30 @@ requires std::invocable < std::decay_t<F>
 }
 
 /// `co_await async_call(fn, args...)`: the coroutine form, on the coroutine's executor.
+/// `fn` and the arguments are taken by value, as the token form copies them: the awaitable
+/// starts only when awaited and may be stored until then (references to temporaries would
+/// dangle by then).
 template <typename F, typename... Args>
-requires std::invocable < std::decay_t<F>
-&, std::decay_t<Args>&... >
-       auto async_call(F&& fn, Args&&... args)
-           -> asio::awaitable<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>> {
+requires(std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>) auto async_call(F fn,
+                                                                                   Args... args)
+    -> asio::awaitable<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>> {
   // Named locals, not temporaries, in the co_await expression: g++ 12 destroys some
   // temporaries of a co_await full-expression twice.
   auto ex = co_await asio::this_coro::executor;
   call_options options;
-  auto op = async_call(ex, std::move(options), asio::use_awaitable, std::forward<F>(fn),
-                       std::forward<Args>(args)...);
+  auto op =
+      async_call(ex, std::move(options), asio::use_awaitable, std::move(fn), std::move(args)...);
   co_return co_await std::move(op);
 }
 
 /// `co_await async_call(options, fn, args...)`.
 template <typename F, typename... Args>
-requires std::invocable < std::decay_t<F>
-&, std::decay_t<Args>&... >
-       auto async_call(call_options options, F&& fn, Args&&... args)
-           -> asio::awaitable<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>> {
+requires(std::invocable<std::decay_t<F>&, std::decay_t<Args>&...>) auto async_call(
+    call_options options, F fn, Args... args)
+    -> asio::awaitable<std::invoke_result_t<std::decay_t<F>&, std::decay_t<Args>&...>> {
   auto ex = co_await asio::this_coro::executor;
-  auto op = async_call(ex, std::move(options), asio::use_awaitable, std::forward<F>(fn),
-                       std::forward<Args>(args)...);
+  auto op =
+      async_call(ex, std::move(options), asio::use_awaitable, std::move(fn), std::move(args)...);
   co_return co_await std::move(op);
 }
 
