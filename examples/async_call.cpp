@@ -90,11 +90,10 @@ asio::awaitable<int> demo() {
 }
 
 int main(int argc, char** argv) {
-  // In both the process that throws and the one that catches: here, before forking, and
-  // before worker_hook, which runs a spawned child's function without returning.
+  // In the process that catches: parse_error then arrives as itself, not as remote_error.
   cp::register_exception<parse_error>();
-  // Then at once: in a child started by the spawn method this runs the requested function
-  // and exits; in the parent it returns at once.
+  // Then at once (registering is cheap and harmless in a spawned child): in a child started
+  // by the spawn method this runs the requested function and exits; elsewhere it returns.
   cp::worker_hook(argc, argv);
 
   asio::io_context ctx;

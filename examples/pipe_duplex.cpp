@@ -40,9 +40,7 @@ void talk_to_parent(cp::connection& conn) {
   conn.send(reading{"t1", 21.5, {20, 21, 23}});
   const auto reply = conn.receive<std::string>();
   conn.send(static_cast<int>(reply.size()));  // the answer: the reply's length
-  // No conn.close() here, unlike Python: the child's descriptors close when it exits, and
-  // closing a connection in a forked child would also unregister the parent's copy from the
-  // event loop the two share (docs/pipes.md).
+  conn.close();  // as in Python; the child's descriptors would also close when it exits
 }
 
 std::ostream& operator<<(std::ostream& os, const reading& r) {
