@@ -368,47 +368,6 @@ struct receive_op : op_base {
   }
 };
 
-struct send_op : op_base {
-  std::string data;
-  std::size_t done = 0;
-  bool began = false;    // bytes of this frame were written before the operation started
-  bool checked = false;  // check_send already passed (the header is filled in)
-
-  template <typename Self>
-  void operator()(Self& self) {
-    if (posted) return self.complete(result);
-    if (!p) {
-      result = asio::error::bad_descriptor;
-    } else {
-      if (!checked) p->check_send(data, result);
-      if (!result) {
-        p->write_some(data.data(), data.size(), done, result);
-        if (result == asio::error::would_block) {
-          result = {};
-          self.reset_cancellation_state(asio::enable_total_cancellation());
-          return p->sock.async_wait(asio::posix::descriptor_base::wait_write, std::move(self));
-        }
-      }
-    }
-    post_result(self);
-  }
-  template <typename Self>
-  void operator()(Self& self, error_code ec) {
-    if (!ec && cancelled(self)) ec = asio::error::operation_aborted;
-    if (!ec) {
-      p->write_some(data.data(), data.size(), done, ec);
-      if (ec == asio::error::would_block)
-        return p->sock.async_wait(asio::posix::descriptor_base::wait_write, std::move(self));
-    }
-    if (ec && (done > 0 || began) && done < data.size() && p->sock.is_open()) {
-      // Half a frame went out: the peer must see end-of-stream, not a torn message.
-      ::shutdown(p->fd(), SHUT_WR);
-      p->can_send = false;
-    }
-    self.complete(ec);
-  }
-};
-
 // One descriptor frame: the header bytes carry the descriptor (SCM_RIGHTS).
 void send_fd_once(connection_impl& c, int fd, std::size_t& done, error_code& ec) {
   const header h{0, fd_tag};
@@ -444,23 +403,26 @@ void send_fd_once(connection_impl& c, int fd, std::size_t& done, error_code& ec)
   c.write_some(bytes, header_size, done, ec);
 }
 
-struct send_fd_op : op_base {
-  int fd;
-  std::size_t done = 0;
+// Drives a send until `Writer` has written everything: `check` before the first write,
+// `step` writes what the socket takes (would_block: wait for room and step again).
+template <typename Writer>
+struct send_op : op_base {
+  Writer w;
 
   template <typename Self>
   void operator()(Self& self) {
     if (posted) return self.complete(result);
-    if (!p || !p->sock.is_open()) {
+    if (!p) {
       result = asio::error::bad_descriptor;
-    } else if (!p->can_send) {
-      result = make_error_code(errc::wrong_direction);
     } else {
-      send_fd_once(*p, fd, done, result);
-      if (result == asio::error::would_block) {
-        result = {};
-        self.reset_cancellation_state(asio::enable_total_cancellation());
-        return p->sock.async_wait(asio::posix::descriptor_base::wait_write, std::move(self));
+      w.check(*p, result);
+      if (!result) {
+        w.step(*p, result);
+        if (result == asio::error::would_block) {
+          result = {};
+          self.reset_cancellation_state(asio::enable_total_cancellation());
+          return p->sock.async_wait(asio::posix::descriptor_base::wait_write, std::move(self));
+        }
       }
     }
     post_result(self);
@@ -469,16 +431,44 @@ struct send_fd_op : op_base {
   void operator()(Self& self, error_code ec) {
     if (!ec && cancelled(self)) ec = asio::error::operation_aborted;
     if (!ec) {
-      send_fd_once(*p, fd, done, ec);
+      w.step(*p, ec);
       if (ec == asio::error::would_block)
         return p->sock.async_wait(asio::posix::descriptor_base::wait_write, std::move(self));
     }
-    if (ec && done > 0 && done < header_size && p->sock.is_open()) {
+    if (ec && w.torn() && p->sock.is_open()) {
+      // Part of a frame went out: the peer must see end-of-stream, not a torn message.
       ::shutdown(p->fd(), SHUT_WR);
       p->can_send = false;
     }
     self.complete(ec);
   }
+};
+
+struct frame_writer {
+  std::string data;
+  std::size_t done = 0;
+  bool began = false;    // bytes of this frame were written before the operation started
+  bool checked = false;  // check_send already passed (the header is filled in)
+  void check(connection_impl& c, error_code& ec) {
+    if (!checked) c.check_send(data, ec);
+  }
+  void step(connection_impl& c, error_code& ec) {
+    c.write_some(data.data(), data.size(), done, ec);
+  }
+  bool torn() const { return (done > 0 || began) && done < data.size(); }
+};
+
+struct fd_writer {
+  int fd;
+  std::size_t done = 0;
+  void check(connection_impl& c, error_code& ec) {
+    if (!c.sock.is_open())
+      ec = asio::error::bad_descriptor;
+    else if (!c.can_send)
+      ec = make_error_code(errc::wrong_direction);
+  }
+  void step(connection_impl& c, error_code& ec) { send_fd_once(c, fd, done, ec); }
+  bool torn() const { return done > 0 && done < header_size; }
 };
 
 template <typename Handler, typename Signature, typename Op>
@@ -791,15 +781,15 @@ void connection::start_send_frame(std::string frame,
     const auto size = static_cast<std::uint32_t>(frame.size() - detail::header_size);
     std::memcpy(frame.data(), &size, 4);
   }
-  detail::send_op op{{p_}, std::move(frame)};
+  detail::send_op<detail::frame_writer> op{{p_}, {std::move(frame)}};
   detail::launch<decltype(h), void(error_code)>(std::move(op), h, p_);
 }
 
 void connection::start_send_rest(std::string rest, bool began,
                                  asio::any_completion_handler<void(error_code)> h) {
-  detail::send_op op{{p_}, std::move(rest)};
-  op.began = began;
-  op.checked = true;
+  detail::send_op<detail::frame_writer> op{{p_}, {std::move(rest)}};
+  op.w.began = began;
+  op.w.checked = true;
   detail::launch<decltype(h), void(error_code)>(std::move(op), h, p_);
 }
 
@@ -845,7 +835,7 @@ asio::awaitable<void> connection::send_awaitable() {
 }
 
 void connection::start_send_fd(int fd, asio::any_completion_handler<void(error_code)> h) {
-  detail::send_fd_op op{{p_}, fd};
+  detail::send_op<detail::fd_writer> op{{p_}, {fd}};
   detail::launch<decltype(h), void(error_code)>(std::move(op), h, p_);
 }
 
