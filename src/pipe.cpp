@@ -147,9 +147,10 @@ struct connection_impl {
     }
   }
 
-  // One non-blocking recvmsg into the large frame and/or the buffer. 0 bytes: end-of-stream.
-  // `ec` is would_block when nothing is there.
-  void read_some(error_code& ec) {
+  // One recvmsg into the large frame and/or the buffer. 0 bytes: end-of-stream. Without
+  // `block`, `ec` is would_block when nothing is there; with it, the call waits in the kernel
+  // (one system call per wakeup), unless the descriptor itself is non-blocking.
+  void read_some(error_code& ec, bool block = false) {
     if (!buf) {
       cap = buffer_size;
       buf.reset(new char[cap]);
@@ -173,7 +174,8 @@ struct connection_impl {
     msg.msg_control = control;
     msg.msg_controllen = sizeof control;
     ssize_t n;
-    do n = ::recvmsg(fd(), &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    const int flags = MSG_CMSG_CLOEXEC | (block ? 0 : MSG_DONTWAIT);
+    do n = ::recvmsg(fd(), &msg, flags);
     while (n < 0 && errno == EINTR);
     if (n < 0) {
       if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -215,10 +217,13 @@ struct connection_impl {
     begin = 0;
   }
 
-  // Writes what it can of [data, data+size) without blocking; `done` advances.
-  void write_some(const char* data, std::size_t size, std::size_t& done, error_code& ec) {
+  // Writes what it can of [data, data+size) without blocking (with `block`: all of it,
+  // unless the descriptor itself is non-blocking); `done` advances.
+  void write_some(const char* data, std::size_t size, std::size_t& done, error_code& ec,
+                  bool block = false) {
+    const int flags = MSG_NOSIGNAL | (block ? 0 : MSG_DONTWAIT);
     while (done < size) {
-      const ssize_t n = ::send(fd(), data + done, size - done, MSG_DONTWAIT | MSG_NOSIGNAL);
+      const ssize_t n = ::send(fd(), data + done, size - done, flags);
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -254,7 +259,7 @@ struct connection_impl {
   void send_blocking(const char* data, std::size_t size, error_code& ec) {
     std::size_t done = 0;
     for (;;) {
-      write_some(data, size, done, ec);
+      write_some(data, size, done, ec, true);
       if (ec != asio::error::would_block) return;
       ec = {};
       wait_for(POLLOUT, -1, ec);
@@ -279,8 +284,8 @@ struct connection_impl {
         case got::error: throw boost::system::system_error(ec, "receive");
         case got::need_read: break;
       }
-      read_some(ec);
-      if (ec == asio::error::would_block) {
+      read_some(ec, true);
+      if (ec == asio::error::would_block) {  // a descriptor in O_NONBLOCK mode
         ec = {};
         wait_for(POLLIN, -1, ec);
       }
@@ -501,7 +506,8 @@ using detail::connection_impl;
 connection::connection(const executor_type& ex, int fd, connection_options options) {
   detail::check_socket(fd);
   const int fl = ::fcntl(fd, F_GETFL);
-  if (fl < 0 || ::fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || ::fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+  // Blocking mode: blocking calls then wait in the kernel, and the others pass MSG_DONTWAIT.
+  if (fl < 0 || ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0 || ::fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
     throw boost::system::system_error(detail::errno_code(errno), "connection");
   p_ = std::make_shared<connection_impl>(ex, fd, options.max_message_size);
 }
@@ -687,7 +693,7 @@ void connection::send_bytes(std::string_view data, error_code& ec) {
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = static_cast<std::size_t>(n_iov);
-    const ssize_t n = ::sendmsg(p_->fd(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    const ssize_t n = ::sendmsg(p_->fd(), &msg, MSG_NOSIGNAL);
     if (n >= 0) {
       done += static_cast<std::size_t>(n);
       continue;
@@ -841,7 +847,7 @@ void connection::start_send_fd(int fd, asio::any_completion_handler<void(error_c
 
 std::pair<connection, connection> make_pipe(const executor_type& ex, pipe_options options) {
   int sv[2];
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
     throw boost::system::system_error(detail::errno_code(errno), "make_pipe: socketpair");
   std::pair<connection, connection> ends;
   try {

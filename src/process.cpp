@@ -150,7 +150,7 @@ void report_exception(const std::string& name, std::exception_ptr e) {
 }
 
 void make_socketpair(int sv[2]) {
-  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
     throw spawn_error(errno_code(errno), "socketpair",
                       std::string("cannot create a socketpair: ") + std::strerror(errno));
 }

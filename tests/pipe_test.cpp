@@ -1261,12 +1261,13 @@ TEST_F(pipe_test, cancelled_send_with_part_of_its_frame_out_ends_the_stream_for_
 
 TEST_F(pipe_test, adopts_an_end_of_a_socketpair) {
   int sv[2];
-  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);  // blocking, inheritable
+  // Inheritable, and one end non-blocking: adoption makes both close-on-exec and blocking.
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
   connection a(ex(), sv[0]);
   connection b(ex(), sv[1], coproc::connection_options{.max_message_size = 1000});
   EXPECT_EQ(a.native_handle(), sv[0]);
   EXPECT_TRUE(close_on_exec(sv[0]));
-  EXPECT_TRUE(::fcntl(sv[1], F_GETFL) & O_NONBLOCK);
+  EXPECT_FALSE(::fcntl(sv[1], F_GETFL) & O_NONBLOCK);
   EXPECT_EQ(b.max_message_size(), 1000u);
   a.send(point{1, 2, "adopted", {}});
   EXPECT_EQ(b.receive<point>(), (point{1, 2, "adopted", {}}));

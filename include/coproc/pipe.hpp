@@ -127,8 +127,9 @@ class connection {
   /// A closed connection.
   connection() noexcept = default;
   /// Adopts `fd`, a connected AF_UNIX stream socket (for example an end of `make_pipe` passed
-  /// to a spawned program with `command::pass_fd`). The descriptor is made non-blocking and
-  /// close-on-exec. Throws `system_error` when `fd` is not such a socket.
+  /// to a spawned program with `command::pass_fd`). The descriptor is put in blocking mode
+  /// (non-blocking calls pass MSG_DONTWAIT) and made close-on-exec. Throws `system_error` when `fd`
+  /// is not such a socket.
   connection(const executor_type& ex, int fd, connection_options options = {});
   connection(connection&&) noexcept;
   connection& operator=(connection&&) noexcept;
@@ -361,7 +362,7 @@ class connection {
   std::shared_ptr<detail::connection_impl> p_;
 };
 
-/// Two connected ends over a new socketpair (close-on-exec, non-blocking), both bound to
+/// Two connected ends over a new socketpair (close-on-exec), both bound to
 /// `ex`. Duplex by default; see `pipe_options::duplex`. Throws `system_error` (EMFILE, …).
 std::pair<connection, connection> make_pipe(const executor_type& ex, pipe_options options = {});
 
