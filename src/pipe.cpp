@@ -156,7 +156,7 @@ struct connection_impl {
       buf.reset(new char[cap]);
     }
     if (begin == end) begin = end = 0;
-    if (end == cap || (begin > 0 && cap - end < header_size)) {
+    if (begin > 0 && cap - end < cap / 4) {  // keep reads large: few system calls
       std::memmove(buf.get(), buf.get() + begin, buffered());
       end -= begin;
       begin = 0;
