@@ -42,9 +42,32 @@ enum class got { frame, need_read, error };
 
 struct connection_impl {
   connection_impl(const executor_type& ex, int fd, std::size_t max)
-      : sock(ex, fd), max_message(max), owner(::getpid()) {}
+      : sock(ex), raw(fd), max_message(max), owner(::getpid()) {}
+  ~connection_impl() {
+    if (!sock.is_open() && raw >= 0) ::close(raw);  // never registered, never closed
+  }
 
-  asio::posix::stream_descriptor sock;
+  // The descriptor joins the event loop (epoll) at the first async wait, not before: while
+  // it is in an epoll set the kernel runs epoll's callback for every message that arrives,
+  // which costs blocking-only use about 12% of its small-message throughput.
+  asio::posix::stream_descriptor& watch() {
+    if (!sock.is_open() && raw >= 0) {
+      error_code ec;
+      sock.assign(raw, ec);
+      // Asio sets O_NONBLOCK (FIONBIO) before its first reactor operation, async_wait
+      // included, unless it believes the descriptor is non-blocking already: tell it so, and
+      // keep the file in blocking mode (the blocking calls wait in the kernel).
+      if (!ec) sock.native_non_blocking(true, ec);
+      const int fl = ::fcntl(raw, F_GETFL);
+      if (fl >= 0 && (fl & O_NONBLOCK)) ::fcntl(raw, F_SETFL, fl & ~O_NONBLOCK);
+      owner = ::getpid();
+    }
+    return sock;
+  }
+  bool is_open() const noexcept { return raw >= 0; }
+
+  asio::posix::stream_descriptor sock;  // holds `raw` once registered (see watch())
+  int raw;                              // the descriptor; -1 once closed or released
   std::size_t max_message;
   pid_t owner;  // the process whose event loop registered the descriptor
   bool can_send = true;
@@ -65,7 +88,7 @@ struct connection_impl {
   std::string send_buf;
 
   std::size_t buffered() const noexcept { return end - begin; }
-  int fd() noexcept { return sock.is_open() ? sock.native_handle() : -1; }
+  int fd() noexcept { return raw; }
 
   // The next frame with tag `want`. On got::frame either `view` (into the buffer, valid until
   // the next read) or `out.payload` (a large frame) holds the payload.
@@ -248,7 +271,7 @@ struct connection_impl {
   }
 
   void check_send(const std::string& frame, error_code& ec) const {
-    if (!sock.is_open())
+    if (!is_open())
       ec = asio::error::bad_descriptor;
     else if (!can_send)
       ec = make_error_code(errc::wrong_direction);
@@ -271,7 +294,7 @@ struct connection_impl {
   // on_frame(frame&, view, owned).
   template <typename OnFrame>
   void receive_blocking(std::uint32_t tag, OnFrame&& on_frame) {
-    if (!sock.is_open()) throw boost::system::system_error(asio::error::bad_descriptor, "receive");
+    if (!is_open()) throw boost::system::system_error(asio::error::bad_descriptor, "receive");
     if (!can_receive)
       throw boost::system::system_error(make_error_code(errc::wrong_direction), "receive");
     for (;;) {
@@ -333,13 +356,13 @@ struct receive_op : op_base {
   template <typename Self>
   void operator()(Self& self) {
     if (posted) return self.complete(result, std::move(f));
-    if (!p || !p->sock.is_open())
+    if (!p || !p->is_open())
       result = asio::error::bad_descriptor;
     else if (!p->can_receive)
       result = make_error_code(errc::wrong_direction);
     else if (!attempt()) {
       self.reset_cancellation_state(asio::enable_total_cancellation());
-      return p->sock.async_wait(asio::posix::descriptor_base::wait_read, std::move(self));
+      return p->watch().async_wait(asio::posix::descriptor_base::wait_read, std::move(self));
     }
     post_result(self);
   }
@@ -348,7 +371,7 @@ struct receive_op : op_base {
     if (!ec && cancelled(self)) ec = asio::error::operation_aborted;
     if (ec) return self.complete(ec, frame{});
     if (!attempt())
-      return p->sock.async_wait(asio::posix::descriptor_base::wait_read, std::move(self));
+      return p->watch().async_wait(asio::posix::descriptor_base::wait_read, std::move(self));
     self.complete(result, std::move(f));
   }
   // True when the operation has its result (a frame or an error).
@@ -426,7 +449,7 @@ struct send_op : op_base {
         if (result == asio::error::would_block) {
           result = {};
           self.reset_cancellation_state(asio::enable_total_cancellation());
-          return p->sock.async_wait(asio::posix::descriptor_base::wait_write, std::move(self));
+          return p->watch().async_wait(asio::posix::descriptor_base::wait_write, std::move(self));
         }
       }
     }
@@ -438,9 +461,9 @@ struct send_op : op_base {
     if (!ec) {
       w.step(*p, ec);
       if (ec == asio::error::would_block)
-        return p->sock.async_wait(asio::posix::descriptor_base::wait_write, std::move(self));
+        return p->watch().async_wait(asio::posix::descriptor_base::wait_write, std::move(self));
     }
-    if (ec && w.torn() && p->sock.is_open()) {
+    if (ec && w.torn() && p->is_open()) {
       // Part of a frame went out: the peer must see end-of-stream, not a torn message.
       ::shutdown(p->fd(), SHUT_WR);
       p->can_send = false;
@@ -467,7 +490,7 @@ struct fd_writer {
   int fd;
   std::size_t done = 0;
   void check(connection_impl& c, error_code& ec) {
-    if (!c.sock.is_open())
+    if (!c.is_open())
       ec = asio::error::bad_descriptor;
     else if (!c.can_send)
       ec = make_error_code(errc::wrong_direction);
@@ -528,23 +551,30 @@ connection::executor_type connection::get_executor() const noexcept {
   if (p_) return p_->sock.get_executor();
   return asio::system_executor();
 }
-bool connection::is_open() const noexcept { return p_ && p_->sock.is_open(); }
+bool connection::is_open() const noexcept { return p_ && p_->is_open(); }
 // In a forked child the descriptor is registered with the parent's epoll instance, which the
 // child shares: letting Asio deregister it there (it does for adopted descriptors) would
 // remove the parent's registration too. So the child closes the descriptor itself first;
 // Asio's deregistration then fails harmlessly on a closed number.
 void connection::close() {
   if (!p_) return;
-  if (p_->sock.is_open() && ::getpid() != p_->owner) ::close(p_->sock.native_handle());
-  error_code ec;
-  p_->sock.close(ec);
+  if (p_->sock.is_open()) {
+    if (::getpid() != p_->owner) ::close(p_->sock.native_handle());
+    error_code ec;
+    p_->sock.close(ec);
+  } else if (p_->raw >= 0) {
+    ::close(p_->raw);  // never registered with the event loop
+  }
+  p_->raw = -1;
   p_->can_send = p_->can_receive = false;
 }
 int connection::native_handle() const noexcept { return p_ ? p_->fd() : -1; }
 int connection::release() {
-  if (!p_ || !p_->sock.is_open()) return -1;
+  if (!p_ || !p_->is_open()) return -1;
   int fd;
-  if (::getpid() != p_->owner) {
+  if (!p_->sock.is_open()) {
+    fd = p_->raw;  // never registered
+  } else if (::getpid() != p_->owner) {
     fd = ::fcntl(p_->sock.native_handle(), F_DUPFD_CLOEXEC, 0);  // see close()
     ::close(p_->sock.native_handle());
     error_code ec;
@@ -552,6 +582,7 @@ int connection::release() {
   } else {
     fd = p_->sock.release();
   }
+  p_->raw = -1;
   p_.reset();
   return fd;
 }
@@ -616,7 +647,7 @@ void connection::receive_into(std::uint32_t tag, payload_sink sink, void* contex
 }
 
 bool connection::try_receive_into(std::uint32_t tag, payload_sink sink, void* context) {
-  if (!p_ || !p_->sock.is_open())
+  if (!p_ || !p_->is_open())
     throw boost::system::system_error(asio::error::bad_descriptor, "receive");
   if (!p_->can_receive)
     throw boost::system::system_error(make_error_code(errc::wrong_direction), "receive");
@@ -638,8 +669,7 @@ bool connection::try_receive_into(std::uint32_t tag, payload_sink sink, void* co
 }
 
 bool connection::poll(std::chrono::milliseconds timeout) {
-  if (!p_ || !p_->sock.is_open())
-    throw boost::system::system_error(asio::error::bad_descriptor, "poll");
+  if (!p_ || !p_->is_open()) throw boost::system::system_error(asio::error::bad_descriptor, "poll");
   if (p_->buffered() > 0 || p_->eof || p_->big_active) return true;
   error_code ec;
   const auto ms =
@@ -665,7 +695,7 @@ void connection::send_bytes(std::string_view data, error_code& ec) {
     ec = make_error_code(errc::message_too_large);
     return;
   }
-  if (!p_->sock.is_open()) {
+  if (!p_->is_open()) {
     ec = asio::error::bad_descriptor;
     return;
   }
@@ -745,7 +775,7 @@ void connection::send_fd(int fd) {
 
 void connection::send_fd(int fd, error_code& ec) {
   ec = {};
-  if (!p_ || !p_->sock.is_open()) {
+  if (!p_ || !p_->is_open()) {
     ec = asio::error::bad_descriptor;
     return;
   }
