@@ -19,6 +19,9 @@ class coproc_category final : public boost::system::error_category {
       case errc::type_mismatch: return "message of another type than the one requested";
       case errc::wrong_direction: return "this end of a one-way pipe cannot do that";
       case errc::no_result: return "the process ended without delivering a result";
+      case errc::worker_died: return "the pool worker running the task died";
+      case errc::pool_broken: return "the pool's worker initializer failed";
+      case errc::shut_down: return "the pool was shut down";
     }
     return "unknown coproc error";
   }

@@ -23,6 +23,9 @@ enum class errc {
   type_mismatch,          ///< a message of another type than the one asked for
   wrong_direction,        ///< sending on a receive-only end, or receiving on a send-only end
   no_result,              ///< a process ended without delivering its result
+  worker_died,            ///< a pool worker died while it held the task
+  pool_broken,            ///< a pool's worker initializer failed; the pool takes no work
+  shut_down,              ///< the pool was shut down before the task could run
 };
 
 /// The error category of `coproc::errc`, named "coproc".

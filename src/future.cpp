@@ -1,0 +1,158 @@
+#include <coproc/future.hpp>
+
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include <cxxabi.h>
+#include <cstdio>
+#include <cstdlib>
+#include <typeinfo>
+
+namespace coproc::detail {
+
+namespace {
+
+bool is_done(future_state_base::status s) {
+  return s == future_state_base::status::finished || s == future_state_base::status::cancelled;
+}
+
+void complete_waiter(const executor_type& ex, asio::any_completion_handler<void(error_code)> h,
+                     error_code ec) {
+  // Posted, never run inline: the resolving code may hold locks or be deep in a read handler.
+  asio::post(ex, asio::append(std::move(h), ec));
+}
+
+}  // namespace
+
+bool future_state_base::set_running() {
+  std::lock_guard lock(m_);
+  if (status_ != status::pending) return status_ == status::running;
+  status_ = status::running;
+  return true;
+}
+
+bool future_state_base::set_exception(std::exception_ptr e) {
+  return finish([&] { error_ = std::move(e); });
+}
+
+bool future_state_base::cancel() {
+  std::unique_lock lock(m_);
+  if (status_ == status::cancelled) return true;
+  if (status_ != status::pending) return false;
+  status_ = status::cancelled;
+  resolve(lock);
+  return true;
+}
+
+future_state_base::status future_state_base::state() const {
+  std::lock_guard lock(m_);
+  return status_;
+}
+
+bool future_state_base::done() const { return is_done(state()); }
+
+std::exception_ptr future_state_base::exception() const {
+  std::lock_guard lock(m_);
+  return status_ == status::finished ? error_ : nullptr;
+}
+
+bool future_state_base::resolve(std::unique_lock<std::mutex>& lock) {
+  auto waiters = std::move(waiters_);
+  auto callbacks = std::move(callbacks_);
+  waiters_.clear();
+  callbacks_.clear();
+  lock.unlock();
+  cv_.notify_all();
+  for (auto& w : waiters) {
+    auto slot = asio::get_associated_cancellation_slot(w.handler);
+    if (slot.is_connected()) slot.clear();
+    complete_waiter(ex_, std::move(w.handler), {});
+  }
+  for (auto& c : callbacks) asio::post(ex_, [c = std::move(c)] { run_callback(c); });
+  return true;
+}
+
+void future_state_base::add_waiter(asio::any_completion_handler<void(error_code)> h) {
+  std::unique_lock lock(m_);
+  if (is_done(status_)) {
+    lock.unlock();
+    complete_waiter(ex_, std::move(h), {});
+    return;
+  }
+  const std::uint64_t id = ++next_waiter_;
+  auto slot = asio::get_associated_cancellation_slot(h);
+  if (slot.is_connected()) {
+    std::weak_ptr<future_state_base> weak = weak_from_this();
+    slot.assign([weak, id](asio::cancellation_type) {
+      if (auto s = weak.lock()) s->cancel_waiter(id);
+    });
+  }
+  waiters_.push_back({id, std::move(h)});
+}
+
+void future_state_base::cancel_waiter(std::uint64_t id) {
+  std::unique_lock lock(m_);
+  for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
+    if (it->id != id) continue;
+    auto h = std::move(it->handler);
+    waiters_.erase(it);
+    lock.unlock();
+    // The slot's handler is running: clearing it here would destroy it under our feet.
+    complete_waiter(ex_, std::move(h), asio::error::operation_aborted);
+    return;
+  }
+}
+
+void future_state_base::add_callback(std::function<void()> fn) {
+  std::unique_lock lock(m_);
+  if (!is_done(status_)) {
+    callbacks_.push_back(std::move(fn));
+    return;
+  }
+  lock.unlock();
+  asio::post(ex_, [fn = std::move(fn)] { run_callback(fn); });
+}
+
+void future_state_base::check_not_on_loop() const {
+  if (const auto* io = ex_.target<asio::io_context::executor_type>())
+    if (io->running_in_this_thread())
+      throw std::logic_error(
+          "coproc::future: a blocking wait on a thread that runs the future's io_context would "
+          "never end (co_await the future, or use async_wait, instead)");
+}
+
+bool future_state_base::wait_until(
+    std::optional<std::chrono::steady_clock::time_point> deadline) const {
+  std::unique_lock lock(m_);
+  if (is_done(status_)) return true;
+  lock.unlock();
+  check_not_on_loop();
+  lock.lock();
+  if (!deadline) {
+    cv_.wait(lock, [&] { return is_done(status_); });
+    return true;
+  }
+  return cv_.wait_until(lock, *deadline, [&] { return is_done(status_); });
+}
+
+void run_callback(const std::function<void()>& fn) noexcept {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    int st = 0;
+    char* name = abi::__cxa_demangle(typeid(e).name(), nullptr, nullptr, &st);
+    std::fprintf(stderr, "coproc: a future's done callback threw %s: %s\n",
+                 st == 0 && name ? name : typeid(e).name(), e.what());
+    std::free(name);
+  } catch (...) {
+    std::fprintf(stderr, "coproc: a future's done callback threw a non-standard exception\n");
+  }
+}
+
+std::exception_ptr cancelled_exception() {
+  return std::make_exception_ptr(
+      boost::system::system_error(asio::error::operation_aborted, "future cancelled"));
+}
+
+}  // namespace coproc::detail
