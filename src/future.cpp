@@ -96,7 +96,13 @@ void future_state_base::cancel_waiter(std::uint64_t id) {
   for (auto it = waiters_.begin(); it != waiters_.end(); ++it) {
     if (it->id != id) continue;
     auto h = std::move(it->handler);
-    waiters_.erase(it);
+    // Not erase(): it move-assigns, and Boost 1.81's any_completion_handler move assignment
+    // wraps the handler in itself without end.
+    if (&*it != &waiters_.back()) {
+      it->id = waiters_.back().id;
+      it->handler.swap(waiters_.back().handler);
+    }
+    waiters_.pop_back();
     lock.unlock();
     // The slot's handler is running: clearing it here would destroy it under our feet.
     complete_waiter(ex_, std::move(h), asio::error::operation_aborted);

@@ -3,6 +3,8 @@
 #include <coproc/error.hpp>
 
 #include "child_state.hpp"
+#include "pool_worker.hpp"
+#include "process_internal.hpp"
 
 #include <boost/asio/compose.hpp>
 #include <boost/asio/post.hpp>
@@ -50,6 +52,8 @@ std::string demangled_type(const std::exception& e) {
   std::free(p);
   return s;
 }
+
+}  // namespace
 
 // Blocking write of a whole buffer on a socket, without SIGPIPE.
 bool write_all(int fd, const char* data, std::size_t n) {
@@ -125,6 +129,8 @@ void report_exception(const std::string& name, std::exception_ptr e) {
   std::fflush(nullptr);
   ::_exit(code);
 }
+
+namespace {
 
 // The forked child: runs the callable, sends its result if one is wanted, never returns.
 [[noreturn]] void forked_child(launch_request& req, int result_fd, pid_t parent) {
@@ -216,10 +222,11 @@ launched spawn_callable(const executor_type& ex, launch_request& req) {
 
 }  // namespace
 
-void register_function(const char* name, any_function address, invoker invoke) {
+void register_function(const char* name, any_function address, invoker invoke,
+                       task_invoker invoke_task) {
   auto& r = function_registry::get();
   std::lock_guard lock(r.mutex);
-  r.functions.push_back({name, address, invoke});
+  r.functions.push_back({name, address, invoke, invoke_task});
 }
 
 const registered_function* find_function(any_function address) {
@@ -488,6 +495,11 @@ void worker_hook(int, char**) {
   if (!detail::read_all(fd, header, 8)) ::_exit(1);  // the parent went away
   std::memcpy(&size, header, 4);
   std::memcpy(&tag, header + 4, 4);
+  if (tag == detail::pool_config_tag) {
+    std::string config(size, '\0');
+    if (!detail::read_all(fd, config.data(), size)) ::_exit(1);
+    detail::run_spawned_pool_worker(fd, config);
+  }
   if (tag != detail::request_tag) {
     std::fprintf(stderr, "coproc worker: unexpected message\n");
     ::_exit(1);

@@ -7,9 +7,12 @@
 #include <coproc/config.hpp>
 #include <coproc/error.hpp>
 #include <coproc/exit_status.hpp>
+#include <coproc/future.hpp>
 #include <coproc/merged_reader.hpp>
 #include <coproc/pipe.hpp>
 #include <coproc/pipeline.hpp>
 #include <coproc/process.hpp>
+#include <coproc/process_pool.hpp>
+#include <coproc/result_stream.hpp>
 #include <coproc/run.hpp>
 #include <coproc/stream.hpp>

@@ -21,6 +21,7 @@
 #include <boost/asio/append.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/cancellation_state.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/compose.hpp>
 #include <boost/asio/post.hpp>
@@ -222,6 +223,8 @@ class future : public future_base {
         [s = typed(), started = false](auto& self, error_code ec = {}) mutable {
           if (!started) {
             started = true;
+            // A composed operation passes only terminal cancellation unless told otherwise.
+            self.reset_cancellation_state(asio::enable_total_cancellation());
             auto st = s;  // `s` lives in the operation that `self` moves away
             return st->add_waiter(std::move(self));
           }
@@ -323,6 +326,9 @@ class promise {
   bool set_exception(std::exception_ptr e) { return state_->set_exception(std::move(e)); }
   bool done() const { return state_->done(); }
   const std::shared_ptr<detail::future_state<T>>& state() const noexcept { return state_; }
+  /// Hands the shared state to code that guarantees to resolve it (the pools' engines); the
+  /// promise is empty afterwards and its destructor does nothing.
+  std::shared_ptr<detail::future_state<T>> release() noexcept { return std::move(state_); }
 
  private:
   void abandon() {

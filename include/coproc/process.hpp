@@ -27,6 +27,7 @@
 
 #include <chrono>
 #include <concepts>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -35,6 +36,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace coproc {
 
@@ -67,14 +69,19 @@ namespace detail {
 // calls, and appends its encoded result to `result` (a frame buffer).
 using invoker = void (*)(std::string_view args, std::string& result);
 using any_function = void (*)();
+// A pool task's worker-side entry: `in` is [mode][callable state][arguments]; appends the
+// encoded result (or exception) to `out` and returns its frame tag.
+using task_invoker = std::uint32_t (*)(std::string_view in, std::string& out);
 
 struct registered_function {
   std::string name{};
   any_function address;
   invoker invoke;
+  task_invoker invoke_task;
 };
 
-void register_function(const char* name, any_function address, invoker invoke);
+void register_function(const char* name, any_function address, invoker invoke,
+                       task_invoker invoke_task);
 const registered_function* find_function(any_function address);
 const registered_function* find_function(std::string_view name);
 
@@ -118,6 +125,49 @@ std::string run_to_frame(Fn&& fn) {
   return frame;
 }
 
+inline constexpr std::uint8_t single_mode = 0;
+inline constexpr std::uint8_t chunk_mode = 1;
+
+template <typename Call, typename ArgsTuple>
+using apply_result_t =
+    std::decay_t<decltype(std::apply(std::declval<Call&>(), std::declval<ArgsTuple&&>()))>;
+
+// Runs the call (once, or for each tuple of a chunk) and appends the encoded result, or the
+// encoded exception, to `out`. Returns the frame tag.
+template <typename Call, typename ArgsTuple>
+std::uint32_t run_task(Call& call, std::uint8_t mode, std::string_view in, std::string& out) {
+  using R = apply_result_t<Call, ArgsTuple>;
+  const std::size_t mark = out.size();
+  try {
+    if (mode == single_mode) {
+      auto args = decode<ArgsTuple>(in);
+      if constexpr (std::is_void_v<R>) {
+        std::apply(call, std::move(args));
+        return void_tag;
+      } else {
+        const R r = std::apply(call, std::move(args));
+        encode_to(out, r);
+        return type_tag<R>();
+      }
+    } else {
+      if constexpr (std::is_void_v<R>) {
+        throw std::logic_error("coproc: map needs a function that returns a value");
+      } else {
+        auto args = decode<std::vector<ArgsTuple>>(in);
+        std::vector<R> rs;
+        rs.reserve(args.size());
+        for (auto& a : args) rs.push_back(std::apply(call, std::move(a)));
+        encode_to(out, rs);
+        return type_tag<std::vector<R>>();
+      }
+    }
+  } catch (...) {
+    out.resize(mark);
+    encode_to(out, encode_exception(std::current_exception()));
+    return exception_tag;
+  }
+}
+
 template <typename F>
 struct function_traits;
 template <typename R, typename... A>
@@ -136,6 +186,14 @@ void invoke_registered(std::string_view args, std::string& result) {
 }
 
 template <auto Fn>
+std::uint32_t invoke_registered_task(std::string_view in, std::string& out) {
+  const auto mode = static_cast<std::uint8_t>(in[0]);
+  in.remove_prefix(1);
+  auto f = Fn;
+  return run_task<decltype(Fn), typename function_traits<decltype(Fn)>::args>(f, mode, in, out);
+}
+
+template <auto Fn>
 bool register_function_v(const char* name) {
   using traits = function_traits<decltype(Fn)>;
   static_assert(encodable<typename traits::args>,
@@ -143,7 +201,8 @@ bool register_function_v(const char* name) {
   static_assert(
       std::is_void_v<typename traits::result> || encodable<std::decay_t<typename traits::result>>,
       "coproc: COPROC_REGISTER needs an encodable result type");
-  register_function(name, reinterpret_cast<any_function>(Fn), &invoke_registered<Fn>);
+  register_function(name, reinterpret_cast<any_function>(Fn), &invoke_registered<Fn>,
+                    &invoke_registered_task<Fn>);
   return true;
 }
 

@@ -1,0 +1,356 @@
+// `result_stream<R>`: the results of a pool's `map`, one at a time, as an awaitable stream and as
+// a blocking input range. The input is consumed lazily: only `buffersize` chunks are submitted
+// ahead of the consumer, so an unbounded input range works.
+#pragma once
+
+#include <coproc/config.hpp>
+#include <coproc/error.hpp>
+#include <coproc/future.hpp>
+
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/compose.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace coproc {
+
+/// Settings of `map`, `starmap` and their relatives.
+struct map_options {
+  /// Inputs per task: larger chunks amortise dispatch for small functions.
+  std::size_t chunksize = 1;
+  /// True: results in input order. False: in completion order (Python's `imap_unordered`).
+  bool ordered = true;
+  /// Chunks submitted ahead of the consumer; 0: twice the number of workers.
+  std::size_t buffersize = 0;
+  /// The time allowed from the `map` call to each result (Python's `Executor.map(timeout=)`):
+  /// past it, the next wait fails with `errc::timed_out`; the work already submitted goes on.
+  std::optional<std::chrono::steady_clock::duration> timeout{};
+  /// Called on the pool's executor after each chunk completes: inputs done so far, and the
+  /// total once the input is exhausted (nullopt before).
+  std::function<void(std::size_t done, std::optional<std::size_t> total)> progress{};
+};
+
+namespace detail {
+
+// The engine behind result_stream: pulls chunks from the input, submits them, and hands out
+// results in order (or as chunks complete). Shared by the process and thread pools.
+template <typename R, typename Arg>
+class map_state : public std::enable_shared_from_this<map_state<R, Arg>> {
+ public:
+  using chunk = std::vector<Arg>;
+  // Fills `c` with up to n inputs; false when the input is exhausted (c may still hold some).
+  using puller = std::function<bool(chunk& c, std::size_t n)>;
+  using submitter = std::function<future<std::vector<R>>(chunk c)>;
+
+  map_state(executor_type ex, puller pull, submitter submit, map_options opts)
+      : ex_(std::move(ex)),
+        pull_(std::move(pull)),
+        submit_(std::move(submit)),
+        opts_(std::move(opts)) {
+    if (opts_.chunksize == 0) opts_.chunksize = 1;
+    if (opts_.timeout) deadline_ = std::chrono::steady_clock::now() + *opts_.timeout;
+  }
+
+  // Submits chunks until `buffersize` are outstanding or the input ends. Called under no lock
+  // by the consumer side only (pulling is not concurrent).
+  void fill() {
+    for (;;) {
+      {
+        std::lock_guard lock(m_);
+        if (input_done_ || outstanding_ >= opts_.buffersize) return;
+      }
+      chunk c;
+      bool more = true;
+      try {
+        more = pull_(c, opts_.chunksize);
+      } catch (...) {
+        std::lock_guard lock(m_);
+        input_done_ = true;
+        input_error_ = std::current_exception();
+        return;
+      }
+      if (c.empty()) {
+        std::lock_guard lock(m_);
+        input_done_ = true;
+        total_ = pulled_;
+        return;
+      }
+      const std::size_t n = c.size();
+      future<std::vector<R>> f;
+      try {
+        f = submit_(std::move(c));
+      } catch (...) {
+        std::lock_guard lock(m_);
+        input_done_ = true;
+        input_error_ = std::current_exception();
+        return;
+      }
+      std::size_t index;
+      {
+        std::lock_guard lock(m_);
+        index = next_index_++;
+        slots_.push_back({index, n, f, false});
+        ++outstanding_;
+        pulled_ += n;
+        if (!more) {
+          input_done_ = true;
+          total_ = pulled_;
+        }
+      }
+      std::weak_ptr<map_state> weak = this->shared_from_this();
+      f.add_done_callback([weak, index] {
+        if (auto s = weak.lock()) s->chunk_done(index);
+      });
+      if (!more) return;
+    }
+  }
+
+  struct slot {
+    std::size_t index;
+    std::size_t count;
+    future<std::vector<R>> fut;
+    bool done;
+  };
+
+  void chunk_done(std::size_t index) {
+    std::function<void(std::size_t, std::optional<std::size_t>)> progress;
+    std::size_t done_inputs;
+    std::optional<std::size_t> total;
+    std::function<void()> waiter;
+    {
+      std::lock_guard lock(m_);
+      for (auto& s : slots_)
+        if (s.index == index) {
+          s.done = true;
+          done_inputs_ += s.count;
+        }
+      done_inputs = done_inputs_;
+      total = total_;
+      progress = opts_.progress;
+      if (ready_locked()) waiter = std::move(waiter_);
+    }
+    cv_.notify_all();
+    if (progress) run_callback([&] { progress(done_inputs, total); });
+    if (waiter) asio::post(ex_, std::move(waiter));
+  }
+
+  // True when next() can answer without waiting. Caller holds m_.
+  bool ready_locked() const {
+    if (!buffered_.empty()) return true;
+    if (slots_.empty()) return input_done_;
+    if (opts_.ordered) return slots_.front().done;
+    for (const auto& s : slots_)
+      if (s.done) return true;
+    return false;
+  }
+
+  // Takes the next result if one is ready: value, end (nullopt), or throws. Caller holds m_.
+  // `ready` false: nothing to take yet.
+  std::optional<R> take_locked(bool& ready) {
+    ready = true;
+    if (!buffered_.empty()) {
+      R r = std::move(buffered_.front());
+      buffered_.pop_front();
+      return r;
+    }
+    if (failed_) std::rethrow_exception(failed_);
+    auto it = slots_.begin();
+    if (!opts_.ordered)
+      while (it != slots_.end() && !it->done) ++it;
+    if (it == slots_.end() || !it->done) {
+      if (slots_.empty() && input_done_) {
+        if (input_error_) std::rethrow_exception(std::exchange(input_error_, nullptr));
+        return std::nullopt;
+      }
+      ready = false;
+      return std::nullopt;
+    }
+    auto f = std::move(it->fut);
+    slots_.erase(it);
+    --outstanding_;
+    try {
+      auto values = f.get();
+      for (auto& v : values) buffered_.push_back(std::move(v));
+    } catch (...) {
+      failed_ = std::current_exception();  // Python: the stream ends at the failed chunk
+      slots_.clear();
+      buffered_.clear();
+      input_done_ = true;
+      std::rethrow_exception(failed_);
+    }
+    return take_locked(ready);
+  }
+
+  std::optional<std::chrono::steady_clock::time_point> deadline() const { return deadline_; }
+
+  // Blocking next.
+  std::optional<R> next_blocking() {
+    fill();
+    std::unique_lock lock(m_);
+    for (;;) {
+      bool ready;
+      auto r = take_locked(ready);
+      if (ready) {
+        lock.unlock();
+        fill();
+        return r;
+      }
+      if (deadline_) {
+        if (!cv_.wait_until(lock, *deadline_, [&] { return ready_locked(); }))
+          throw boost::system::system_error(make_error_code(errc::timed_out), "map");
+      } else {
+        cv_.wait(lock, [&] { return ready_locked(); });
+      }
+    }
+  }
+
+  // Async next: completes `h` with the next result (or nullopt at the end, or an exception).
+  void async_next(asio::any_completion_handler<void(std::exception_ptr, std::optional<R>)> h) {
+    fill();
+    auto self = this->shared_from_this();
+    std::unique_lock lock(m_);
+    bool ready = false;
+    std::optional<R> r;
+    std::exception_ptr e;
+    try {
+      r = take_locked(ready);
+    } catch (...) {
+      e = std::current_exception();
+    }
+    if (ready || e) {
+      lock.unlock();
+      asio::post(ex_, [self, h = std::move(h), e, r = std::move(r)]() mutable {
+        self->fill();
+        std::move(h)(e, std::move(r));
+      });
+      return;
+    }
+    // Wait for a chunk: the waiter re-runs async_next; a deadline timer races it.
+    auto timer = deadline_ ? std::make_shared<asio::steady_timer>(ex_, *deadline_) : nullptr;
+    auto shared = std::make_shared<std::optional<decltype(h)>>(std::move(h));
+    auto fire = [self, shared, timer](bool timed_out) {
+      std::optional<decltype(h)> handler;
+      {
+        std::lock_guard lock(self->m_);
+        if (!*shared) return;
+        handler.swap(*shared);
+        self->waiter_ = nullptr;
+      }
+      if (timer) timer->cancel();
+      if (timed_out)
+        std::move (*handler)(std::make_exception_ptr(boost::system::system_error(
+                                 make_error_code(errc::timed_out), "map")),
+                             std::nullopt);
+      else
+        self->async_next(std::move(*handler));
+    };
+    waiter_ = [fire] { fire(false); };
+    lock.unlock();
+    if (timer)
+      timer->async_wait([fire](error_code ec) {
+        if (!ec) fire(true);
+      });
+  }
+
+  const executor_type& executor() const { return ex_; }
+
+ private:
+  executor_type ex_;
+  puller pull_;
+  submitter submit_;
+  map_options opts_;
+  std::optional<std::chrono::steady_clock::time_point> deadline_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<slot> slots_;
+  std::deque<R> buffered_;
+  std::size_t next_index_ = 0;
+  std::size_t outstanding_ = 0;
+  std::size_t pulled_ = 0;
+  std::size_t done_inputs_ = 0;
+  std::optional<std::size_t> total_;
+  bool input_done_ = false;
+  std::exception_ptr input_error_;
+  std::exception_ptr failed_;
+  std::function<void()> waiter_;  // (Boost 1.81's any_completion_handler cannot be move-assigned)
+};
+
+}  // namespace detail
+
+/// The results of a `map`: in input order (or completion order with `ordered = false`).
+///
+/// - `co_await s.async_next()` gives the next result, or nullopt after the last one; a task's
+///   exception is rethrown at its position and ends the stream (as Python's `map`); past the
+///   `timeout` of `map_options` it throws `system_error(errc::timed_out)`.
+/// - `s.next()` is the blocking form, and `for (auto& r : s)` iterates blocking.
+/// Destroying the stream stops submitting input; chunks already submitted still run.
+template <typename R>
+class result_stream {
+ public:
+  using value_type = R;
+  using next_signature = void(std::exception_ptr, std::optional<R>);
+
+  result_stream() = default;
+  template <typename Arg>
+  explicit result_stream(std::shared_ptr<detail::map_state<R, Arg>> s)
+      : next_async_(
+            [s](asio::any_completion_handler<next_signature> h) { s->async_next(std::move(h)); }),
+        next_blocking_([s] { return s->next_blocking(); }),
+        ex_(s->executor()) {}
+
+  /// The next result. Completion: `void(std::exception_ptr, std::optional<R>)`. Cancellation:
+  /// none (the wait ends when a result, the end, or the timeout arrives).
+  template <typename Token = default_token>
+  auto async_next(Token&& token = {}) {
+    return asio::async_initiate<Token, next_signature>(
+        [this](auto handler) { next_async_(std::move(handler)); }, token);
+  }
+  /// Blocking next (needs the pool's event loop running on another thread).
+  std::optional<R> next() { return next_blocking_(); }
+
+  executor_type get_executor() const { return ex_; }
+
+  /// A blocking input iterator over the remaining results.
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = R;
+    using difference_type = std::ptrdiff_t;
+    iterator() = default;
+    explicit iterator(result_stream* s) : s_(s) { ++*this; }
+    R& operator*() { return *current_; }
+    iterator& operator++() {
+      current_ = s_->next();
+      if (!current_) s_ = nullptr;
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    bool operator==(const iterator& o) const { return s_ == o.s_; }
+
+   private:
+    result_stream* s_ = nullptr;
+    std::optional<R> current_;
+  };
+  iterator begin() { return iterator(this); }
+  iterator end() { return iterator(); }
+
+ private:
+  std::function<void(asio::any_completion_handler<next_signature>)> next_async_;
+  std::function<std::optional<R>()> next_blocking_;
+  executor_type ex_;
+};
+
+}  // namespace coproc
