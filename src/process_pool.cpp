@@ -158,9 +158,12 @@ struct worker {
   bool ready = false;
   bool reading = false;
   bool writing = false;
-  bool retiring = false;  // takes no more tasks
-  bool closed = false;    // its socket's write side was shut
-  bool exited = false;
+  bool retiring = false;    // takes no more tasks
+  bool closed = false;      // its socket's write side was shut
+  bool exited = false;      // finalized: its tasks settled, its slot free
+  bool exit_known = false;  // reaped
+  bool eof = false;         // its socket reached end-of-stream
+  exit_status status{};
   bool init_failed = false;
   std::exception_ptr init_error;
 };
@@ -230,7 +233,12 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     }
     ++stats_.submitted;
     queue_.push_back(std::move(t));
-    schedule_pump();
+    // An idle worker takes the task at once, from this thread (one write, no hop through the
+    // event loop); otherwise one posted pump batches this submission with those that follow.
+    if (!pump_scheduled_ && queue_.size() == 1 && idle_worker())
+      pump();
+    else
+      schedule_pump();
   }
 
   void shutdown(bool wait, bool cancel_futures) {
@@ -257,7 +265,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     terminating_ = true;
     close_locked(true);
     for (auto& w : workers_)
-      if (w && !w->exited && w->pid > 0) ::kill(w->pid, sig);
+      if (w && !w->exit_known && w->pid > 0) ::kill(w->pid, sig);
   }
 
   pool_stats stats() const {
@@ -267,7 +275,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     s.running = 0;
     s.workers = 0;
     for (auto& w : workers_)
-      if (w && !w->exited) {
+      if (w && !w->exit_known) {
         s.running += w->held.size();
         ++s.workers;
       }
@@ -278,7 +286,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     std::lock_guard lock(m_);
     std::vector<int> v;
     for (auto& w : workers_)
-      if (w && !w->exited) v.push_back(w->pid);
+      if (w && !w->exit_known) v.push_back(w->pid);
     return v;
   }
 
@@ -436,8 +444,14 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     return 2;
   }
 
+  bool idle_worker() const {
+    for (auto& w : workers_)
+      if (w && w->held.empty() && accepts(*w)) return true;
+    return false;
+  }
+
   bool accepts(const worker& w) const {
-    return !w.exited && !w.retiring && !w.closed && !w.init_failed &&
+    return !w.exit_known && !w.retiring && !w.closed && !w.init_failed &&
            (!cfg_.max_tasks || w.sent < cfg_.max_tasks);
   }
 
@@ -506,47 +520,41 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 
   // --- results ---------------------------------------------------------------------------
 
+  // One read at a time per worker. async_read_some, not async_wait: Asio tries a read op at
+  // once and queues it without touching epoll, where a wait op costs an epoll_ctl every time.
   void read(const std::shared_ptr<worker>& w) {
-    if (w->reading || w->exited || !w->sd.is_open()) return;
-    w->reading = true;
-    w->sd.async_wait(asio::posix::stream_descriptor::wait_read,
-                     [self = shared_from_this(), w](error_code ec) {
-                       std::lock_guard lock(self->m_);
-                       w->reading = false;
-                       if (ec) return;
-                       if (self->drain(*w)) self->read(w);
-                       self->pump();
-                       self->maybe_close_workers();
-                     });
-  }
-
-  // Reads what the worker sent and handles every complete frame; false at end of stream.
-  bool drain(worker& w) {
-    bool open = true;
-    for (;;) {
-      if (w.in.size() - w.in_pos < 4096) {
-        // Compact, or grow for a frame larger than the buffer.
-        std::size_t need = 1 << 16;
-        if (w.in_pos >= 8) {
-          std::uint32_t size;
-          std::memcpy(&size, w.in.data(), 4);
-          need = std::max<std::size_t>(need, size + 8 + 4096);
-        }
-        if (w.in.size() < need) w.in.resize(need);
+    if (w->reading || w->eof || !w->sd.is_open()) return;
+    if (w->in.size() - w->in_pos < 4096) {
+      // Room for the next read: the buffer grows to hold a frame larger than it.
+      std::size_t need = 1 << 16;
+      if (w->in_pos >= 8) {
+        std::uint32_t size;
+        std::memcpy(&size, w->in.data(), 4);
+        need = std::max<std::size_t>(need, size + 8 + 4096);
       }
-      const ssize_t n = ::recv(w.sd.native_handle(), w.in.data() + w.in_pos, w.in.size() - w.in_pos,
-                               MSG_DONTWAIT);
-      if (n > 0) {
-        w.in_pos += static_cast<std::size_t>(n);
-        handle_frames(w);
-        continue;
-      }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-      open = false;  // end of stream or an error: the worker is gone or going
-      break;
+      if (w->in.size() < need) w->in.resize(need);
     }
-    return open;
+    w->reading = true;
+    w->sd.async_read_some(asio::buffer(w->in.data() + w->in_pos, w->in.size() - w->in_pos),
+                          [self = shared_from_this(), w](error_code ec, std::size_t n) {
+                            std::lock_guard lock(self->m_);
+                            w->reading = false;
+                            if (n > 0) {
+                              w->in_pos += n;
+                              self->handle_frames(*w);
+                            }
+                            if (ec == asio::error::operation_aborted) return;
+                            if (ec) {
+                              // End of stream (or an error): every byte the worker sent has been
+                              // handled.
+                              w->eof = true;
+                              if (w->exit_known) self->finalize(w);
+                            } else {
+                              self->read(w);
+                            }
+                            self->pump();
+                            self->maybe_close_workers();
+                          });
   }
 
   void handle_frames(worker& w) {
@@ -609,7 +617,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   }
 
   void on_timer(worker& w, std::uint64_t seq) {
-    if (w.exited || w.timed_seq != seq || w.held.empty()) return;
+    if (w.exit_known || w.timed_seq != seq || w.held.empty()) return;
     const std::uint64_t started = __atomic_load_n(&w.progress->started, __ATOMIC_ACQUIRE);
     const std::uint64_t finished = __atomic_load_n(&w.progress->finished, __ATOMIC_ACQUIRE);
     if (started == seq && finished < seq) {
@@ -626,16 +634,31 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 
   // --- worker exit -----------------------------------------------------------------------
 
+  // The worker was reaped. Its results may still be in the socket: the worker is finalized
+  // once the read side has seen end-of-stream (shutting down our read side guarantees it
+  // comes, even if a process the task forked still holds the worker's end).
   void on_exit(const std::shared_ptr<worker>& w, error_code ec, exit_status status) {
     std::lock_guard lock(m_);
-    if (w->exited) return;
-    if (w->sd.is_open()) drain(*w);  // results sent before the end still count
-    w->exited = true;
+    if (w->exit_known) return;
+    w->exit_known = true;
+    w->status = ec ? exit_status{} : status;
     w->timer.cancel();
+    if (w->sd.is_open()) ::shutdown(w->sd.native_handle(), SHUT_RD);
+    if (w->eof || !w->sd.is_open()) {
+      finalize(w);
+    } else {
+      read(w);  // in case no read is pending (one always is, but be sure)
+    }
+  }
+
+  // Settles the tasks a dead worker held and starts its replacement.
+  void finalize(const std::shared_ptr<worker>& w) {
+    if (w->exited) return;
+    w->exited = true;
     close_socket(*w);
     const std::uint64_t started = __atomic_load_n(&w->progress->started, __ATOMIC_ACQUIRE);
     const std::uint64_t finished = __atomic_load_n(&w->progress->finished, __ATOMIC_ACQUIRE);
-    if (ec) status = exit_status{};
+    const exit_status status = w->status;
 
     // An initializer that threw, or one that ended its worker.
     if (w->init_failed || (opts_.initializer && !w->ready && !w->retiring && !terminating_ &&
@@ -723,7 +746,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
       if (w && !w->exited) {
         for (auto& t : w->held) fail(t, broken_error_);
         w->held.clear();
-        if (w->pid > 0) ::kill(w->pid, SIGKILL);
+        if (w->pid > 0 && !w->exit_known) ::kill(w->pid, SIGKILL);
       }
   }
 
