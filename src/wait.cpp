@@ -93,27 +93,24 @@ class deadline_timer {
 class as_completed_impl final : public as_completed_core,
                                 public std::enable_shared_from_this<as_completed_impl> {
  public:
-  as_completed_impl(executor_type ex, std::size_t total, as_completed_options options)
-      : ex_(std::move(ex)),
-        total_(total),
+  as_completed_impl(future_states states, as_completed_options options)
+      : ex_(executor_of(states)),
+        states_(std::move(states)),
+        total_(states_.size()),
         progress_(std::move(options.progress)),
-        seen_(total, false) {
-    if (options.timeout) timer_.emplace(ex_, clock::now() + *options.timeout);
+        seen_(total_, false) {
+    if (options.timeout && total_ > 0) timer_.emplace(ex_, clock::now() + *options.timeout);
   }
 
-  void watch(const future_states& states) {
+  void watch() {
     {
       // Those done now come first, in input order.
       std::lock_guard lock(m_);
-      for (std::size_t i = 0; i < states.size(); ++i) {
-        if (!states[i]->done()) continue;
-        seen_[i] = true;
-        ready_.push_back(i);
-      }
+      collect_done();
     }
     std::weak_ptr<as_completed_impl> weak = shared_from_this();
-    for (std::size_t i = 0; i < states.size(); ++i)
-      states[i]->add_callback([weak, i] {
+    for (std::size_t i = 0; i < states_.size(); ++i)
+      states_[i]->add_callback([weak, i] {
         if (auto self = weak.lock()) self->on_done(i);
       });
   }
@@ -134,9 +131,15 @@ class as_completed_impl final : public as_completed_core,
       return post_completion(ex_, std::move(h), error_code{}, std::optional<std::size_t>());
     }
     if (expired()) {
+      // Past the deadline a done future is handed out even before its callback has run.
+      std::optional<std::size_t> i;
+      error_code ec = make_error_code(errc::timed_out);
+      if (collect_done()) {
+        i = pop();
+        ec = {};
+      }
       lock.unlock();
-      return post_completion(ex_, std::move(h), error_code(make_error_code(errc::timed_out)),
-                             std::optional<std::size_t>());
+      return post_completion(ex_, std::move(h), ec, i);
     }
     const std::uint64_t id = ++next_id_;
     auto slot = asio::get_associated_cancellation_slot(h);
@@ -163,9 +166,11 @@ class as_completed_impl final : public as_completed_core,
       if (delivered_ == total_) return std::nullopt;
       if (pending_ || in_next_)
         throw std::logic_error("coproc::as_completed_stream: another next is in progress");
-      if (expired())
+      if (expired()) {
+        if (collect_done()) continue;
         throw boost::system::system_error(make_error_code(errc::timed_out),
                                           "as_completed_stream::next");
+      }
       if (!checked) {
         lock.unlock();
         check_not_on_loop(ex_, "coproc::as_completed_stream::next");
@@ -210,6 +215,17 @@ class as_completed_impl final : public as_completed_core,
   bool expired() {
     if (!expired_ && timer_ && clock::now() >= timer_->deadline()) expired_ = true;
     return expired_;
+  }
+  // Queues the futures that are done but whose callbacks have not run yet; true if any.
+  bool collect_done() {
+    bool any = false;
+    for (std::size_t i = 0; i < states_.size(); ++i) {
+      if (seen_[i] || !states_[i]->done()) continue;
+      seen_[i] = true;
+      ready_.push_back(i);
+      any = true;
+    }
+    return any;
   }
   std::optional<next_handler> take_pending() {
     if (!pending_) return std::nullopt;
@@ -259,6 +275,7 @@ class as_completed_impl final : public as_completed_core,
   }
 
   const executor_type ex_;
+  const future_states states_;
   const std::size_t total_;
   const std::function<void(std::size_t, std::size_t)> progress_;
   std::optional<deadline_timer> timer_;
@@ -349,9 +366,8 @@ executor_type executor_of(const future_states& states) {
 
 std::shared_ptr<as_completed_core> as_completed_core::create(future_states states,
                                                              as_completed_options options) {
-  auto core =
-      std::make_shared<as_completed_impl>(executor_of(states), states.size(), std::move(options));
-  core->watch(states);
+  auto core = std::make_shared<as_completed_impl>(std::move(states), std::move(options));
+  core->watch();
   return core;
 }
 

@@ -135,8 +135,7 @@ TEST_F(future_test, co_await_of_a_void_future) {
   coproc::promise<void> q(ex());
   auto g = q.get_future();
   q.set_exception(std::make_exception_ptr(std::logic_error("void failed")));
-  EXPECT_THROW(run([&]() -> asio::awaitable<void> { co_await g.async_get(); }()),
-               std::logic_error);
+  EXPECT_THROW(run([&]() -> asio::awaitable<void> { co_await g.async_get(); }()), std::logic_error);
 }
 
 TEST_F(future_test, co_await_async_wait_does_not_rethrow) {
@@ -170,7 +169,7 @@ TEST_F(future_test, async_get_and_async_wait_take_callbacks) {
   EXPECT_FALSE(*waited);
 }
 
-TEST_F(future_test, async_get_with_use_future) {
+TEST_F(future_test, async_get_and_async_wait_with_use_future) {
   start_loop();
   coproc::promise<int> p(ex());
   auto f = p.get_future();
@@ -178,6 +177,12 @@ TEST_F(future_test, async_get_with_use_future) {
   p.set_value(11);
   ASSERT_EQ(sf.wait_for(30s), std::future_status::ready);
   EXPECT_EQ(sf.get(), 11);
+
+  coproc::promise<double> r(ex());
+  std::future<void> waited = r.get_future().async_wait(asio::use_future);
+  r.set_value(0.5);
+  ASSERT_EQ(waited.wait_for(30s), std::future_status::ready);
+  waited.get();
 
   coproc::promise<void> q(ex());
   std::future<void> sv = q.get_future().async_get(asio::use_future);
@@ -437,9 +442,10 @@ void future_test::cancel_waits_with(asio::cancellation_type type) {
   asio::cancellation_signal get_signal, wait_signal;
   std::optional<std::exception_ptr> got;
   std::optional<error_code> waited;
-  f.async_get(asio::bind_cancellation_slot(
-      get_signal.slot(), [&](std::exception_ptr e, int) { got = e; }));
-  f.async_wait(asio::bind_cancellation_slot(wait_signal.slot(), [&](error_code ec) { waited = ec; }));
+  f.async_get(
+      asio::bind_cancellation_slot(get_signal.slot(), [&](std::exception_ptr e, int) { got = e; }));
+  f.async_wait(
+      asio::bind_cancellation_slot(wait_signal.slot(), [&](error_code ec) { waited = ec; }));
   ctx().poll();
   EXPECT_FALSE(got);
   EXPECT_FALSE(waited);
@@ -491,8 +497,7 @@ TEST_F(future_test, cancelling_the_awaiting_coroutine_leaves_the_future_unaffect
   std::optional<std::exception_ptr> outcome;
   asio::co_spawn(
       ex(), [](future<int> f) -> asio::awaitable<int> { co_return co_await f.async_get(); }(f),
-      asio::bind_cancellation_slot(signal.slot(),
-                                   [&](std::exception_ptr e, int) { outcome = e; }));
+      asio::bind_cancellation_slot(signal.slot(), [&](std::exception_ptr e, int) { outcome = e; }));
   ctx().poll();
   EXPECT_FALSE(outcome);
   signal.emit(asio::cancellation_type::terminal);

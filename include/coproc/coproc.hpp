@@ -16,3 +16,4 @@
 #include <coproc/result_stream.hpp>
 #include <coproc/run.hpp>
 #include <coproc/stream.hpp>
+#include <coproc/wait.hpp>

@@ -45,11 +45,11 @@ concept future_range = std::ranges::input_range<R> &&
 struct as_completed_options {
   /// Counted from the `as_completed` call: once it has passed, asking for the next future
   /// while none is done fails with `errc::timed_out` (the futures keep running).
-  std::optional<std::chrono::steady_clock::duration> timeout;
+  std::optional<std::chrono::steady_clock::duration> timeout = std::nullopt;
   /// Called as `progress(done, total)` each time one of the futures is done (those done at the
   /// call too), on that future's executor, one call at a time, `done` counting 1 to `total`,
   /// for as long as the stream exists. What it throws is reported on stderr and ignored.
-  std::function<void(std::size_t done, std::size_t total)> progress;
+  std::function<void(std::size_t done, std::size_t total)> progress = {};
 };
 
 namespace detail {
@@ -65,8 +65,8 @@ future_states states_of(const R& futures) {
 }
 
 // The executor of an operation on `states`: the first future's; `asio::system_executor` when
-// there is none (the operation then completes at once, on the handler's own executor if it
-// has one).
+// there is none (the operation then completes without waiting, through it to the handler's
+// own executor when it has one).
 executor_type executor_of(const future_states& states);
 
 // The engine of `as_completed_stream` (src/wait.cpp), on indices into the futures.
@@ -126,8 +126,8 @@ class as_completed_stream {
 
   /// The next future to be done. Completion: `void(error_code, std::optional<F>)`: a done
   /// future; `std::nullopt` once every future has been handed out. Errors:
-  /// `errc::timed_out` when the stream's timeout has passed and no further future is done
-  /// yet (the futures keep running; a later call still hands out those that finish).
+  /// `errc::timed_out` when the stream's timeout has passed and none of the futures not yet
+  /// handed out is done (they keep running; a later call still hands out those that finish).
   /// Cancellation: per-operation, all types: completes with `operation_aborted` and loses no
   /// future (a later call hands it out). Throws `std::logic_error` when another `async_next`
   /// or a `next()` is in progress.
@@ -243,7 +243,7 @@ auto async_wait(const R& futures, return_when when = return_when::all_completed,
         if (!started) {
           started = true;
           // A composed operation passes only terminal cancellation unless told otherwise.
-            self.reset_cancellation_state(asio::enable_total_cancellation());
+          self.reset_cancellation_state(asio::enable_total_cancellation());
           auto s = std::move(states);
           return detail::start_wait(std::move(s), when, timeout, std::move(self));
         }
