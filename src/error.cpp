@@ -10,7 +10,7 @@ class coproc_category final : public boost::system::error_category {
     switch (static_cast<errc>(ev)) {
       case errc::line_too_long: return "line longer than the reader's limit";
       case errc::output_limit_exceeded: return "output larger than the capture limit";
-      case errc::timed_out: return "timed out; the process was killed";
+      case errc::timed_out: return "timed out";
       case errc::not_running: return "the process was detached or is gone";
       case errc::no_pipe: return "the stream is not a pipe";
       case errc::nonzero_exit: return "the process did not exit successfully";

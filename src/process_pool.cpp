@@ -28,6 +28,7 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <future>
 #include <mutex>
 #include <thread>
 
@@ -437,7 +438,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   }
 
   std::size_t depth() const {
-    if (opts_.prefetch) return 1 + opts_.prefetch;
+    if (opts_.prefetch) return 1 + *opts_.prefetch;
     if (ema_ns_ <= 0) return 2;
     if (ema_ns_ < 5'000) return 64;
     if (ema_ns_ < 50'000) return 8;
@@ -759,9 +760,22 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 
   void close_locked(bool cancel_futures) {
     if (cancel_futures) {
-      for (auto& t : queue_)
-        if (t.state->cancel()) ++stats_.cancelled;
-      queue_.clear();
+      // A task requeued after its worker died or retired was sent before: its future is
+      // running and cannot be cancelled. It still runs, or fails when the workers are being
+      // terminated; dropping it would leave its future unresolved.
+      std::deque<pool_task> keep;
+      for (auto& t : queue_) {
+        if (t.state->cancel())
+          ++stats_.cancelled;
+        else if (terminating_)
+          fail(t, std::make_exception_ptr(boost::system::system_error(
+                      make_error_code(errc::shut_down),
+                      "process_pool \"" + opts_.name + "\": workers terminated")));
+        else
+          keep.push_back(std::move(t));
+      }
+      queue_.swap(keep);
+      if (!queue_.empty()) schedule_pump();
     }
     closed_ = true;
     maybe_close_workers();
@@ -837,8 +851,19 @@ process_pool::process_pool(const executor_type& ex, pool_options options)
     : core_(detail::make_pool_core(ex, std::move(options))) {}
 
 process_pool::process_pool(pool_options options)
-    : thread_(std::make_unique<detail::event_thread>()),
-      core_(detail::make_pool_core(thread_->ctx.get_executor(), std::move(options))) {}
+    : thread_(std::make_unique<detail::event_thread>()) {
+  // Workers are forked on the pool's own thread: PR_SET_PDEATHSIG ties a child to the thread
+  // that forked it, and the constructing thread may end before the pool does.
+  std::promise<std::shared_ptr<detail::pool_core>> made;
+  asio::post(thread_->ctx, [&] {
+    try {
+      made.set_value(detail::make_pool_core(thread_->ctx.get_executor(), std::move(options)));
+    } catch (...) {
+      made.set_exception(std::current_exception());
+    }
+  });
+  core_ = made.get_future().get();
+}
 
 process_pool& process_pool::operator=(process_pool&& o) noexcept {
   if (this != &o) {

@@ -14,7 +14,7 @@ namespace coproc {
 enum class errc {
   line_too_long = 1,      ///< a line exceeded the reader's line bound
   output_limit_exceeded,  ///< captured output exceeded its bound
-  timed_out,              ///< the operation's timeout expired (the child was killed)
+  timed_out,              ///< the operation's timeout expired (a command's child is killed)
   not_running,            ///< the child was already reaped or detached
   no_pipe,                ///< the stream was not configured as a pipe
   nonzero_exit,           ///< a process (or pipeline stage) exited unsuccessfully

@@ -113,9 +113,10 @@ struct pool_options {
   std::optional<std::chrono::milliseconds> task_timeout{};
   /// Times a task is resubmitted when its worker dies under it (0: it fails at once).
   unsigned max_retries = 0;
-  /// Tasks sent ahead to each worker beyond the one it runs; 0: adapts (1 for slow tasks,
-  /// up to 64 for tasks of a few microseconds).
-  std::size_t prefetch = 0;
+  /// Tasks sent ahead to each worker beyond the one it runs (0: none, so a task waits for
+  /// a free worker and stays cancellable until then). Unset: adapts to the measured task time
+  /// (1 for slow tasks, up to 63 for tasks of a few microseconds).
+  std::optional<std::size_t> prefetch{};
   /// The largest argument or result message (bytes of its encoding).
   std::size_t max_message_size = 0xffffffffu;
   /// Names the workers ("NAME-1", ...; `ps -o comm`) and appears in errors.
@@ -236,9 +237,12 @@ class process_pool {
 
   /// A pool whose I/O runs on `ex`. Starts the workers now; throws `spawn_error` when one
   /// cannot be started and `std::invalid_argument` for options that cannot work (a spawn-start
-  /// initializer that is not registered).
+  /// initializer that is not registered). Workers are tied to this process with
+  /// PR_SET_PDEATHSIG, which Linux ties to the forking thread: construct the pool on a thread
+  /// that lives as long as it (a worker lost otherwise is replaced, failing its task).
   explicit process_pool(const executor_type& ex, pool_options options = {});
-  /// A pool with its own event loop thread, for blocking use (`submit(...).get()`).
+  /// A pool with its own event loop thread, for blocking use (`submit(...).get()`). Its
+  /// workers are forked on that thread.
   explicit process_pool(pool_options options = {});
   process_pool(process_pool&&) noexcept = default;
   process_pool& operator=(process_pool&&) noexcept;
@@ -413,8 +417,10 @@ class process_pool {
                                                                   fn](std::vector<ArgsTuple> c) {
       return submit_impl<F, ArgsTuple>(core, detail::chunk_mode, fn, std::move(c));
     };
+    std::optional<std::size_t> total;
+    if constexpr (std::ranges::sized_range<View>) total = std::ranges::size(src->view);
     auto state = std::make_shared<detail::map_state<R, ArgsTuple>>(
-        get_executor(), std::move(pull), std::move(submit), std::move(options));
+        get_executor(), std::move(pull), std::move(submit), std::move(options), total);
     return result_stream<R>(std::move(state));
   }
 

@@ -39,7 +39,8 @@ struct map_options {
   /// past it, the next wait fails with `errc::timed_out`; the work already submitted goes on.
   std::optional<std::chrono::steady_clock::duration> timeout{};
   /// Called on the pool's executor after each chunk completes: inputs done so far, and the
-  /// total once the input is exhausted (nullopt before).
+  /// total: known from the start for a sized input range, else once the input is exhausted
+  /// (nullopt before).
   std::function<void(std::size_t done, std::optional<std::size_t> total)> progress{};
 };
 
@@ -55,8 +56,10 @@ class map_state : public std::enable_shared_from_this<map_state<R, Arg>> {
   using puller = std::function<bool(chunk& c, std::size_t n)>;
   using submitter = std::function<future<std::vector<R>>(chunk c)>;
 
-  map_state(executor_type ex, puller pull, submitter submit, map_options opts)
-      : ex_(std::move(ex)),
+  map_state(executor_type ex, puller pull, submitter submit, map_options opts,
+            std::optional<std::size_t> total = std::nullopt)
+      : total_(total),
+        ex_(std::move(ex)),
         pull_(std::move(pull)),
         submit_(std::move(submit)),
         opts_(std::move(opts)) {
@@ -268,6 +271,7 @@ class map_state : public std::enable_shared_from_this<map_state<R, Arg>> {
   const executor_type& executor() const { return ex_; }
 
  private:
+  std::optional<std::size_t> total_;  // known at the start for a sized input
   executor_type ex_;
   puller pull_;
   submitter submit_;
@@ -281,7 +285,6 @@ class map_state : public std::enable_shared_from_this<map_state<R, Arg>> {
   std::size_t outstanding_ = 0;
   std::size_t pulled_ = 0;
   std::size_t done_inputs_ = 0;
-  std::optional<std::size_t> total_;
   bool input_done_ = false;
   std::exception_ptr input_error_;
   std::exception_ptr failed_;
