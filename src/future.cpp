@@ -132,9 +132,8 @@ bool future_state_base::wait_until(
     std::optional<std::chrono::steady_clock::time_point> deadline) const {
   std::unique_lock lock(m_);
   if (is_done(status_)) return true;
-  lock.unlock();
+  // Under the lock: a pending future keeps its executor's owner alive, a resolved one may not.
   check_not_on_loop();
-  lock.lock();
   if (!deadline) {
     cv_.wait(lock, [&] { return is_done(status_); });
     return true;

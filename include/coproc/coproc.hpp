@@ -11,9 +11,11 @@
 #include <coproc/merged_reader.hpp>
 #include <coproc/pipe.hpp>
 #include <coproc/pipeline.hpp>
+#include <coproc/pool.hpp>
 #include <coproc/process.hpp>
 #include <coproc/process_pool.hpp>
 #include <coproc/result_stream.hpp>
 #include <coproc/run.hpp>
 #include <coproc/stream.hpp>
+#include <coproc/thread_pool.hpp>
 #include <coproc/wait.hpp>
