@@ -3,11 +3,12 @@
 # Figures go to stdout as `name: value unit` lines (medians over the runs); build output
 # goes to stderr.
 #
-#   bench/run_all.sh [--runs N] [--quick] [--no-build] [--jobs J] [--only spawn|read|memory|pipe|call]
+#   bench/run_all.sh [--runs N] [--quick] [--no-build] [--jobs J]
+#                    [--only spawn|read|memory|pipe|call|pool]
 #
 # --quick shrinks the work (500 spawns, 500 live children, 128 MiB reads, 200 children for
-# memory, a tenth of the pipe messages) for a smoke test; its figures are noisier and not the
-# ones to report.
+# memory, a tenth of the pipe messages, a fifth of the pool tasks) for a smoke test; its
+# figures are noisier and not the ones to report.
 set -euo pipefail
 
 runs=5
@@ -36,7 +37,7 @@ if [[ $build -eq 1 ]]; then
 fi
 bin="$root/build/bench/bench"
 
-spawn_args=() read_args=() memory_args=() pipe_args=() call_args=()
+spawn_args=() read_args=() memory_args=() pipe_args=() call_args=() pool_args=()
 if [[ $quick -eq 1 ]]; then
   spawn_args=(--total 500 --live 500 --live-total 500)
   read_args=(--bytes $((128 << 20)) --python-line-bytes $((32 << 20)))
@@ -44,6 +45,8 @@ if [[ $quick -eq 1 ]]; then
   call_args=(--calls 50 --spawn-calls 10)
   pipe_args=(--small 100000 --big 800 --pingpong 20000 --python-small 50000 --python-big 100
              --python-pingpong 10000)
+  pool_args=(--tasks 20000 --latency 4000 --warmup 200 --map 200000 --cpu-tasks 8
+             --python-tasks 4000 --python-latency 400)
 fi
 
 echo "# coproc benchmarks: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(uname -r), runs=$runs (medians)"
@@ -60,4 +63,5 @@ run read "${read_args[@]}"
 run memory "${memory_args[@]}"
 run pipe "${pipe_args[@]}"
 run call "${call_args[@]}"
+run pool "${pool_args[@]}"
 if [[ $ran -eq 0 ]]; then echo "run_all.sh: --only $only: no such benchmark" >&2; exit 2; fi
