@@ -490,6 +490,30 @@ double coproc_map_async(std::size_t workers, const std::vector<int>& inputs,
   return static_cast<double>(inputs.size()) / s;
 }
 
+// The same drained one ready batch per wakeup (`async_next_batch`).
+double coproc_map_batch(std::size_t workers, const std::vector<int>& inputs,
+                        std::size_t chunksize) {
+  asio::io_context ctx;
+  cp::process_pool pool(ctx.get_executor(), {.workers = workers});
+  run_on(ctx, warm_async(pool));
+  std::int64_t sum = 0;
+  std::size_t count = 0;
+  const auto t0 = bench::clock::now();
+  run_on(ctx, [&]() -> asio::awaitable<void> {
+    auto results = pool.map(square, inputs, {.chunksize = chunksize});
+    for (;;) {
+      const std::vector<int> batch = co_await results.async_next_batch();
+      if (batch.empty()) break;
+      for (int r : batch) sum += r;
+      count += batch.size();
+    }
+  }());
+  const double s = bench::seconds_since(t0);
+  expect(count == inputs.size() && sum == expected_sum(inputs.size()), "coproc map batch");
+  close_pool(ctx, pool);
+  return static_cast<double>(inputs.size()) / s;
+}
+
 double coproc_map_blocking(std::size_t workers, const std::vector<int>& inputs,
                            std::size_t chunksize) {
   cp::process_pool pool({.workers = workers});
@@ -721,7 +745,7 @@ int main(int argc, char** argv) try {
 
   std::vector<double> tp_co, tp_cb, tp_c, tp_py_ex, tp_py_pool;
   std::vector<double> await50, await99, get50, get99, c50, c99, py50, py99;
-  std::vector<double> map_co, map_co_blk, map_c, map_py;
+  std::vector<double> map_co, map_co_batch, map_co_blk, map_c, map_py;
   std::vector<double> cpu_1, cpu_n, c_cpu_1, c_cpu_n;
   const std::size_t cores = cp::available_cpus();
   const std::uint64_t iterations = do_cpu ? calibrate(cpu_ms) : 0;
@@ -764,6 +788,7 @@ int main(int argc, char** argv) try {
     if (do_map) {
       auto coproc_maps = [&] {
         if (do_await) map_co.push_back(coproc_map_async(workers, inputs, chunksize));
+        if (do_await) map_co_batch.push_back(coproc_map_batch(workers, inputs, chunksize));
         if (do_get) map_co_blk.push_back(coproc_map_blocking(workers, inputs, chunksize));
       };
       if (coproc_first) coproc_maps();
@@ -840,7 +865,9 @@ int main(int argc, char** argv) try {
     const double co = median(map_co), blk = median(map_co_blk), c = median(map_c);
     figure("pool_map_items", static_cast<double>(n_map), "items", 0);
     figure("pool_map_chunksize", static_cast<double>(chunksize), "items", 0);
+    const double bat = median(map_co_batch);
     figure("pool_map_coproc_async_next", co, "items/s", 0);
+    figure("pool_map_coproc_async_next_batch", bat, "items/s", 0);
     figure("pool_map_coproc_blocking", blk, "items/s", 0);
     figure("pool_map_c_socketpair", c, "items/s", 0);
     figure("pool_map_ratio_vs_c", co / c, "x", 2);
@@ -849,6 +876,7 @@ int main(int argc, char** argv) try {
       const double pl = median(map_py);
       figure("pool_map_python_pool", pl, "items/s", 0);
       figure("pool_map_ratio_vs_python_pool", co / pl, "x", 2);
+      figure("pool_map_batch_ratio_vs_python_pool", bat / pl, "x", 2);
       figure("pool_map_blocking_ratio_vs_python_pool", blk / pl, "x", 2);
     }
   }

@@ -8,7 +8,11 @@
 #include <coproc/future.hpp>
 
 #include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/append.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/compose.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
@@ -237,7 +241,8 @@ class map_state : public std::enable_shared_from_this<map_state<R, Arg>> {
       lock.unlock();
       asio::post(ex_, [self, h = std::move(h), e, r = std::move(r)]() mutable {
         self->fill();
-        std::move(h)(e, std::move(r));
+        auto hex = asio::get_associated_executor(h, self->ex_);
+        asio::dispatch(hex, asio::append(std::move(h), e, std::move(r)));
       });
       return;
     }
@@ -253,11 +258,13 @@ class map_state : public std::enable_shared_from_this<map_state<R, Arg>> {
         self->waiter_ = nullptr;
       }
       if (timer) timer->cancel();
-      if (timed_out)
-        std::move (*handler)(std::make_exception_ptr(boost::system::system_error(
-                                 make_error_code(errc::timed_out), "map")),
-                             std::nullopt);
-      else
+      if (timed_out) {
+        auto hex = asio::get_associated_executor(*handler, self->ex_);
+        asio::dispatch(hex, asio::append(std::move(*handler),
+                                         std::make_exception_ptr(boost::system::system_error(
+                                             make_error_code(errc::timed_out), "map")),
+                                         std::optional<R>{}));
+      } else
         self->async_next(std::move(*handler));
     };
     waiter_ = [fire] { fire(false); };
@@ -266,6 +273,23 @@ class map_state : public std::enable_shared_from_this<map_state<R, Arg>> {
       timer->async_wait([fire](error_code ec) {
         if (!ec) fire(true);
       });
+  }
+
+  // Every result ready now (at least one; none at the end), in one completion.
+  void async_next_batch(asio::any_completion_handler<void(std::exception_ptr, std::vector<R>)> h) {
+    auto self = this->shared_from_this();
+    auto hex = asio::get_associated_executor(h, ex_);
+    async_next(asio::bind_executor(
+        hex, [self, h = std::move(h)](std::exception_ptr e, std::optional<R> r) mutable {
+          std::vector<R> v;
+          if (!e && r) {
+            v.push_back(std::move(*r));
+            std::lock_guard lock(self->m_);
+            for (auto& x : self->buffered_) v.push_back(std::move(x));
+            self->buffered_.clear();
+          }
+          std::move(h)(e, std::move(v));
+        }));
   }
 
   const executor_type& executor() const { return ex_; }
@@ -305,12 +329,16 @@ class result_stream {
  public:
   using value_type = R;
   using next_signature = void(std::exception_ptr, std::optional<R>);
+  using batch_signature = void(std::exception_ptr, std::vector<R>);
 
   result_stream() = default;
   template <typename Arg>
   explicit result_stream(std::shared_ptr<detail::map_state<R, Arg>> s)
       : next_async_(
             [s](asio::any_completion_handler<next_signature> h) { s->async_next(std::move(h)); }),
+        next_batch_([s](asio::any_completion_handler<batch_signature> h) {
+          s->async_next_batch(std::move(h));
+        }),
         next_blocking_([s] { return s->next_blocking(); }),
         ex_(s->executor()) {}
 
@@ -320,6 +348,14 @@ class result_stream {
   auto async_next(Token&& token = {}) {
     return asio::async_initiate<Token, next_signature>(
         [this](auto handler) { next_async_(std::move(handler)); }, token);
+  }
+  /// Every result that is ready, at least one, in one completion (an empty vector after the
+  /// last): for small results, one wakeup per chunk instead of one per result. Completion:
+  /// `void(std::exception_ptr, std::vector<R>)`; errors and cancellation as `async_next`.
+  template <typename Token = default_token>
+  auto async_next_batch(Token&& token = {}) {
+    return asio::async_initiate<Token, batch_signature>(
+        [this](auto handler) { next_batch_(std::move(handler)); }, token);
   }
   /// Blocking next (needs the pool's event loop running on another thread).
   std::optional<R> next() { return next_blocking_(); }
@@ -352,6 +388,7 @@ class result_stream {
 
  private:
   std::function<void(asio::any_completion_handler<next_signature>)> next_async_;
+  std::function<void(asio::any_completion_handler<batch_signature>)> next_batch_;
   std::function<std::optional<R>()> next_blocking_;
   executor_type ex_;
 };
