@@ -642,6 +642,50 @@ TEST_F(thread_pool_test, map_stream_in_a_coroutine_on_the_given_executor) {
   EXPECT_EQ(out, squares(30));
 }
 
+TEST_F(thread_pool_test, map_batches_give_every_result_in_order_then_an_empty_batch) {
+  thread_pool pool(ex(), {.workers = 2});
+  auto batches = run([&]() -> asio::awaitable<std::vector<std::vector<int>>> {
+    std::vector<std::vector<int>> out;
+    auto stream = pool.map(square, iota_vector(50), {.chunksize = 7});
+    for (;;) {
+      std::vector<int> b = co_await stream.async_next_batch();
+      out.push_back(std::move(b));
+      if (out.back().empty()) break;
+    }
+    co_return out;
+  }());
+  ASSERT_FALSE(batches.empty());
+  EXPECT_TRUE(batches.back().empty());
+  std::vector<int> all;
+  for (auto& b : batches) all.insert(all.end(), b.begin(), b.end());
+  EXPECT_EQ(all, squares(50));
+  // Every batch but the last holds at least one result; a chunk's results come together.
+  for (std::size_t i = 0; i + 1 < batches.size(); ++i) EXPECT_FALSE(batches[i].empty());
+  EXPECT_LT(batches.size(), 50u);
+}
+
+TEST_F(thread_pool_test, map_batch_rethrows_a_failure_at_its_position) {
+  thread_pool pool(ex(), {.workers = 1});
+  auto got = run([&]() -> asio::awaitable<std::pair<std::vector<int>, bool>> {
+    std::vector<int> seen;
+    bool threw = false;
+    auto stream = pool.map([](int x) { return x == 10 ? throw std::runtime_error("ten") : x; },
+                           iota_vector(20), {.chunksize = 5});
+    try {
+      for (;;) {
+        std::vector<int> b = co_await stream.async_next_batch();
+        if (b.empty()) break;
+        seen.insert(seen.end(), b.begin(), b.end());
+      }
+    } catch (const std::runtime_error&) {
+      threw = true;
+    }
+    co_return std::pair{seen, threw};
+  }());
+  EXPECT_TRUE(got.second);
+  EXPECT_EQ(got.first, iota_vector(10));
+}
+
 // --- load ------------------------------------------------------------------------------------
 
 TEST_F(thread_pool_test, an_io_context_run_by_four_threads) {
