@@ -49,8 +49,41 @@ struct exception_record {
   std::string what;
   std::int32_t code = 0;  // system_error family
   std::string category;
-  std::string path1, path2;  // filesystem_error
+  std::string path1, path2;   // filesystem_error
+  bool boost_system = false;  // a boost::system::system_error (coproc's own errors among them)
 };
+
+// A boost::system::system_error rebuilt from its record: the same code, category and what().
+class remote_system_error : public boost::system::system_error {
+ public:
+  remote_system_error(error_code ec, std::string what)
+      : boost::system::system_error(ec), what_(std::move(what)) {}
+  const char* what() const noexcept override { return what_.c_str(); }
+
+ private:
+  std::string what_;
+};
+
+const boost::system::error_category* boost_category(const std::string& name) {
+  if (name == coproc::category().name()) return &coproc::category();
+  if (name == boost::system::system_category().name()) return &boost::system::system_category();
+  if (name == boost::system::generic_category().name()) return &boost::system::generic_category();
+  return nullptr;
+}
+
+// Rebuilt as a plain boost::system::system_error when the text is what one would print (so
+// a copy of the base keeps the text), as remote_system_error otherwise.
+std::exception_ptr make_boost_system_error(const exception_record& r,
+                                           const boost::system::error_category& cat) {
+  const error_code ec(r.code, cat);
+  const std::string bare = boost::system::system_error(ec).what();
+  if (r.what == bare) return std::make_exception_ptr(boost::system::system_error(ec));
+  const std::string tail = ": " + bare;
+  if (r.what.size() > tail.size() && r.what.ends_with(tail))
+    return std::make_exception_ptr(
+        boost::system::system_error(ec, r.what.substr(0, r.what.size() - tail.size())));
+  return std::make_exception_ptr(remote_system_error(ec, r.what));
+}
 
 const std::error_category* std_category(const std::string& name) {
   if (name == std::generic_category().name()) return &std::generic_category();
@@ -221,6 +254,11 @@ std::string encode_exception(std::exception_ptr e) {
       r.code = fe->code().value();
       r.category = fe->code().category().name();
     }
+    if (const auto* be = dynamic_cast<const boost::system::system_error*>(&x)) {
+      r.boost_system = true;
+      r.code = be->code().value();
+      r.category = be->code().category().name();
+    }
     if (const auto* fe = dynamic_cast<const std::filesystem::filesystem_error*>(&x)) {
       r.path1 = fe->path1().string();
       r.path2 = fe->path2().string();
@@ -243,6 +281,8 @@ std::exception_ptr decode_exception(std::string_view in) {
     }
     if (const auto* b = find_builtin(r.key)) return b->make(r);
   }
+  if (r.boost_system)
+    if (const auto* cat = boost_category(r.category)) return make_boost_system_error(r, *cat);
   return std::make_exception_ptr(remote_error(r.type_name, r.what));
 }
 

@@ -836,6 +836,38 @@ TEST(codec, system_error_of_an_unknown_category_arrives_as_remote_error) {
   EXPECT_STREQ(e->what(), sent.what());
 }
 
+TEST(codec, boost_system_error_keeps_code_category_and_message) {
+  const std::vector<boost::system::system_error> sent = {
+      boost::system::system_error(coproc::make_error_code(coproc::errc::worker_died), "task 7"),
+      boost::system::system_error(
+          boost::system::error_code(ECONNRESET, boost::system::system_category()), "read"),
+      boost::system::system_error(
+          boost::system::error_code(ENOENT, boost::system::generic_category())),
+  };
+  for (const auto& s : sent) {
+    const auto e =
+        caught_as<boost::system::system_error>(round_trip_exception(std::make_exception_ptr(s)));
+    ASSERT_TRUE(e) << s.what();
+    EXPECT_EQ(e->code(), s.code());
+    EXPECT_STREQ(e->code().category().name(), s.code().category().name());
+    EXPECT_STREQ(e->what(), s.what());
+  }
+}
+
+TEST(codec, boost_system_error_of_an_unknown_category_arrives_as_remote_error) {
+  class other_category_t : public boost::system::error_category {
+   public:
+    const char* name() const noexcept override { return "codec-test-boost"; }
+    std::string message(int) const override { return "codec test boost error"; }
+  };
+  static const other_category_t other;
+  const boost::system::system_error sent(boost::system::error_code(5, other), "custom");
+  const auto e =
+      caught_as<coproc::remote_error>(round_trip_exception(std::make_exception_ptr(sent)));
+  ASSERT_TRUE(e);
+  EXPECT_STREQ(e->what(), sent.what());
+}
+
 TEST(codec, filesystem_error_keeps_code_paths_and_message) {
   namespace fs = std::filesystem;
   const auto ec = std::make_error_code(std::errc::no_such_file_or_directory);

@@ -480,8 +480,10 @@ void register_exception(exception_factory make) {
 std::string encode_exception(std::exception_ptr e);
 
 /// The exception encoded by `encode_exception`: the same type for the standard exception
-/// types and registered types, `remote_error` otherwise. Throws `decode_error` on bytes that
-/// are not such an encoding.
+/// types and registered types; a `boost::system::system_error` (any subclass not registered,
+/// coproc's own errors among them) as a `boost::system::system_error` with the same code,
+/// category (coproc, system or generic) and `what()`; `remote_error` otherwise. Throws
+/// `decode_error` on bytes that are not such an encoding.
 std::exception_ptr decode_exception(std::string_view in);
 
 }  // namespace coproc
