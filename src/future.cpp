@@ -2,6 +2,7 @@
 
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/io_context.hpp>
 
 #include <cxxabi.h>
@@ -17,10 +18,78 @@ bool is_done(future_state_base::status s) {
   return s == future_state_base::status::finished || s == future_state_base::status::cancelled;
 }
 
+struct deferred_waiter {
+  executor_type ex;
+  asio::any_completion_handler<void(error_code)> handler;
+  error_code ec;
+};
+struct deferred_callback {
+  executor_type ex;
+  std::function<void()> fn;
+};
+
+// The completions a thread's active completion_batch holds back.
+struct batch_state {
+  bool active = false;
+  std::vector<deferred_waiter> waiters;
+  std::vector<deferred_callback> callbacks;
+};
+thread_local batch_state tls_batch;
+
 void complete_waiter(const executor_type& ex, asio::any_completion_handler<void(error_code)> h,
                      error_code ec) {
+  if (tls_batch.active) {
+    tls_batch.waiters.push_back({ex, std::move(h), ec});
+    return;
+  }
   // Posted, never run inline: the resolving code may hold locks or be deep in a read handler.
   asio::post(ex, asio::append(std::move(h), ec));
+}
+
+void complete_callback(const executor_type& ex, std::function<void()> fn) {
+  if (tls_batch.active) {
+    tls_batch.callbacks.push_back({ex, std::move(fn)});
+    return;
+  }
+  asio::post(ex, [fn = std::move(fn)] { run_callback(fn); });
+}
+
+// Completes a batch's handlers: dispatched when `inline_ok`, else posted. Once one throws, the
+// rest are posted, and the exception goes on.
+void release_batch(bool inline_ok) {
+  auto waiters = std::move(tls_batch.waiters);
+  auto callbacks = std::move(tls_batch.callbacks);
+  tls_batch.waiters.clear();
+  tls_batch.callbacks.clear();
+  tls_batch.active = false;
+  std::size_t wi = 0, ci = 0;
+  try {
+    for (; wi < waiters.size(); ++wi) {
+      auto& w = waiters[wi];
+      if (inline_ok)
+        asio::dispatch(w.ex, asio::append(std::move(w.handler), w.ec));
+      else
+        asio::post(w.ex, asio::append(std::move(w.handler), w.ec));
+    }
+    for (; ci < callbacks.size(); ++ci) {
+      auto& c = callbacks[ci];
+      auto run = [fn = std::move(c.fn)] { run_callback(fn); };
+      if (inline_ok)
+        asio::dispatch(c.ex, std::move(run));
+      else
+        asio::post(c.ex, std::move(run));
+    }
+  } catch (...) {
+    if (wi < waiters.size())
+      ++wi;
+    else
+      ++ci;
+    for (; wi < waiters.size(); ++wi)
+      asio::post(waiters[wi].ex, asio::append(std::move(waiters[wi].handler), waiters[wi].ec));
+    for (; ci < callbacks.size(); ++ci)
+      asio::post(callbacks[ci].ex, [fn = std::move(callbacks[ci].fn)] { run_callback(fn); });
+    throw;
+  }
 }
 
 }  // namespace
@@ -69,7 +138,7 @@ bool future_state_base::resolve(std::unique_lock<std::mutex>& lock) {
     if (slot.is_connected()) slot.clear();
     complete_waiter(ex_, std::move(w.handler), {});
   }
-  for (auto& c : callbacks) asio::post(ex_, [c = std::move(c)] { run_callback(c); });
+  for (auto& c : callbacks) complete_callback(ex_, std::move(c));
   return true;
 }
 
@@ -117,7 +186,25 @@ void future_state_base::add_callback(std::function<void()> fn) {
     return;
   }
   lock.unlock();
-  asio::post(ex_, [fn = std::move(fn)] { run_callback(fn); });
+  complete_callback(ex_, std::move(fn));
+}
+
+completion_batch::completion_batch() noexcept : owner_(!tls_batch.active) {
+  if (owner_) tls_batch.active = true;
+}
+
+completion_batch::~completion_batch() {
+  if (!owner_) return;
+  try {
+    release_batch(false);
+  } catch (...) {  // posting failed (out of memory): nothing more can be done here
+  }
+}
+
+void completion_batch::flush() {
+  if (!owner_) return;
+  owner_ = false;
+  release_batch(true);
 }
 
 void future_state_base::check_not_on_loop() const {

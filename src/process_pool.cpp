@@ -234,6 +234,9 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     }
     ++stats_.submitted;
     queue_.push_back(std::move(t));
+    // While results are being delivered, the submissions their handlers make wait for the
+    // pump that follows the delivery: one write per worker for all of them.
+    if (delivering_) return;
     // An idle worker takes the task at once, from this thread (one write, no hop through the
     // event loop); otherwise one posted pump batches this submission with those that follow.
     if (!pump_scheduled_ && queue_.size() == 1 && idle_worker())
@@ -523,6 +526,9 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
 
   // One read at a time per worker. async_read_some, not async_wait: Asio tries a read op at
   // once and queues it without touching epoll, where a wait op costs an epoll_ctl every time.
+  // The futures a read resolves complete after the pool's lock is released, in a
+  // completion_batch: handlers on this thread's event loop run at once, and the tasks they
+  // submit go out in one pump after them.
   void read(const std::shared_ptr<worker>& w) {
     if (w->reading || w->eof || !w->sd.is_open()) return;
     if (w->in.size() - w->in_pos < 4096) {
@@ -538,24 +544,40 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
     w->reading = true;
     w->sd.async_read_some(asio::buffer(w->in.data() + w->in_pos, w->in.size() - w->in_pos),
                           [self = shared_from_this(), w](error_code ec, std::size_t n) {
-                            std::lock_guard lock(self->m_);
-                            w->reading = false;
-                            if (n > 0) {
-                              w->in_pos += n;
-                              self->handle_frames(*w);
+                            completion_batch batch;
+                            {
+                              std::lock_guard lock(self->m_);
+                              w->reading = false;
+                              if (n > 0) {
+                                w->in_pos += n;
+                                self->handle_frames(*w);
+                              }
+                              if (ec == asio::error::operation_aborted) return;
+                              if (ec) {
+                                // End of stream (or an error): every byte the worker sent has
+                                // been handled.
+                                w->eof = true;
+                                if (w->exit_known) self->finalize(w);
+                              } else {
+                                self->read(w);
+                              }
+                              ++self->delivering_;
                             }
-                            if (ec == asio::error::operation_aborted) return;
-                            if (ec) {
-                              // End of stream (or an error): every byte the worker sent has been
-                              // handled.
-                              w->eof = true;
-                              if (w->exit_known) self->finalize(w);
-                            } else {
-                              self->read(w);
-                            }
-                            self->pump();
-                            self->maybe_close_workers();
+                            self->deliver(batch);
                           });
+  }
+
+  // Completes the futures a read resolved, then sends what their handlers submitted.
+  void deliver(completion_batch& batch) {
+    struct end_delivery {
+      pool_core* core;
+      ~end_delivery() {
+        std::lock_guard lock(core->m_);
+        if (--core->delivering_ == 0) core->pump();
+        core->maybe_close_workers();
+      }
+    } end{this};
+    batch.flush();
   }
 
   void handle_frames(worker& w) {
@@ -813,6 +835,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   std::uint64_t next_seq_ = 1;
   double ema_ns_ = 0;
   bool pump_scheduled_ = false;
+  int delivering_ = 0;  // read handlers completing futures outside the lock
   bool closed_ = false;
   bool terminating_ = false;
   bool finished_ = false;

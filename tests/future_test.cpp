@@ -389,6 +389,82 @@ TEST_F(future_test, destroying_an_unresolved_promise_breaks_it) {
 
 // --- done callbacks ---------------------------------------------------------------------------
 
+// --- completion_batch ------------------------------------------------------------------------
+
+TEST_F(future_test, a_batch_holds_completions_until_its_flush_runs_them_inline_on_the_loop) {
+  coproc::promise<int> p(ex());
+  auto f = p.get_future();
+  std::vector<std::string> events;
+  f.async_get([&](std::exception_ptr e, int v) {
+    events.push_back(e ? "error" : "waiter " + std::to_string(v));
+  });
+  f.add_done_callback([&] { events.push_back("callback"); });
+  asio::post(ex(), [&] {
+    coproc::detail::completion_batch batch;
+    p.set_value(5);
+    events.push_back("resolved");
+    batch.flush();
+    events.push_back("flushed");
+  });
+  ctx().run();
+  EXPECT_EQ(events, (std::vector<std::string>{"resolved", "waiter 5", "callback", "flushed"}));
+}
+
+TEST_F(future_test, a_batch_off_the_loop_thread_posts_its_completions) {
+  coproc::promise<int> p(ex());
+  auto f = p.get_future();
+  bool ran = false;
+  f.add_done_callback([&] { ran = true; });
+  {
+    coproc::detail::completion_batch batch;
+    p.set_value(1);
+    batch.flush();  // this thread does not run the io_context: posted
+  }
+  EXPECT_FALSE(ran);
+  ctx().run();
+  EXPECT_TRUE(ran);
+}
+
+TEST_F(future_test, a_batch_destroyed_unflushed_posts_and_an_inner_batch_defers_to_the_outer) {
+  coproc::promise<int> p(ex()), q(ex());
+  std::vector<std::string> events;
+  p.get_future().add_done_callback([&] { events.push_back("p"); });
+  q.get_future().add_done_callback([&] { events.push_back("q"); });
+  asio::post(ex(), [&] {
+    {
+      coproc::detail::completion_batch outer;
+      {
+        coproc::detail::completion_batch inner;
+        p.set_value(1);
+        inner.flush();  // not the owner: nothing yet
+      }
+      events.push_back("inner done");
+      q.set_value(2);
+    }  // unflushed: posted
+    events.push_back("outer done");
+  });
+  ctx().run();
+  EXPECT_EQ(events, (std::vector<std::string>{"inner done", "outer done", "p", "q"}));
+}
+
+TEST_F(future_test, a_throwing_handler_in_a_flush_does_not_stop_the_others) {
+  coproc::promise<int> p(ex()), q(ex());
+  bool second = false, flushed = false;
+  p.get_future().async_wait([](error_code) { throw std::runtime_error("handler threw"); });
+  q.get_future().async_wait([&](error_code) { second = true; });
+  asio::post(ex(), [&] {
+    coproc::detail::completion_batch batch;
+    p.set_value(1);
+    q.set_value(2);
+    batch.flush();
+    flushed = true;
+  });
+  // The io_context keeps what a handler run inline throws, and run() throws it after.
+  EXPECT_THROW(ctx().run(), std::runtime_error);
+  EXPECT_TRUE(second);
+  EXPECT_TRUE(flushed);
+}
+
 TEST_F(future_test, done_callback_runs_on_the_futures_executor) {
   start_loop();
   coproc::promise<int> p(ex());

@@ -131,6 +131,27 @@ class future_state<void> final : public future_state_base {
   }
 };
 
+// Holds back, on this thread, the completions of the futures resolved while it is active,
+// until `flush()`, which dispatches them: handlers whose executor runs on this thread run at
+// once, inside the flush, the others are posted. A resolver uses it to resolve under its own
+// lock and complete after releasing it, without a trip through the event loop's queue. Only
+// the outermost batch of a thread collects; an inner one does nothing. Destroyed without a
+// flush, it posts what it holds.
+class completion_batch {
+ public:
+  completion_batch() noexcept;
+  ~completion_batch();
+  completion_batch(const completion_batch&) = delete;
+  completion_batch& operator=(const completion_batch&) = delete;
+  // Completes what was collected. What a handler run inline throws is its executor's to
+  // handle (an io_context's run() rethrows it after the flush); should dispatching itself
+  // throw, the rest are posted and the exception propagates.
+  void flush();
+
+ private:
+  bool owner_;
+};
+
 // Runs a done callback, reporting (not propagating) what it throws.
 void run_callback(const std::function<void()>& fn) noexcept;
 
