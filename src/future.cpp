@@ -33,6 +33,7 @@ struct batch_state {
   bool active = false;
   std::vector<deferred_waiter> waiters;
   std::vector<deferred_callback> callbacks;
+  std::vector<std::shared_ptr<const future_state_base>> sleepers;  // states to notify
 };
 thread_local batch_state tls_batch;
 
@@ -59,9 +60,12 @@ void complete_callback(const executor_type& ex, std::function<void()> fn) {
 void release_batch(bool inline_ok) {
   auto waiters = std::move(tls_batch.waiters);
   auto callbacks = std::move(tls_batch.callbacks);
+  auto sleepers = std::move(tls_batch.sleepers);
   tls_batch.waiters.clear();
   tls_batch.callbacks.clear();
+  tls_batch.sleepers.clear();
   tls_batch.active = false;
+  for (auto& s : sleepers) s->wake_sleepers();
   std::size_t wi = 0, ci = 0;
   try {
     for (; wi < waiters.size(); ++wi) {
@@ -131,8 +135,16 @@ bool future_state_base::resolve(std::unique_lock<std::mutex>& lock) {
   auto callbacks = std::move(callbacks_);
   waiters_.clear();
   callbacks_.clear();
+  const bool sleepers = sleepers_ > 0;
   lock.unlock();
-  cv_.notify_all();
+  if (sleepers) {
+    // In a batch, the resolver may still hold its own lock: a thread woken now would only
+    // block on it (for instance to submit its next task).
+    if (tls_batch.active)
+      tls_batch.sleepers.push_back(shared_from_this());
+    else
+      wake_sleepers();
+  }
   for (auto& w : waiters) {
     auto slot = asio::get_associated_cancellation_slot(w.handler);
     if (slot.is_connected()) slot.clear();
@@ -189,6 +201,11 @@ void future_state_base::add_callback(std::function<void()> fn) {
   complete_callback(ex_, std::move(fn));
 }
 
+void future_state_base::wake_sleepers() const {
+  // No lock needed: a sleeper counted by resolve() was already inside cv_.wait.
+  cv_.notify_all();
+}
+
 completion_batch::completion_batch() noexcept : owner_(!tls_batch.active) {
   if (owner_) tls_batch.active = true;
 }
@@ -221,6 +238,11 @@ bool future_state_base::wait_until(
   if (is_done(status_)) return true;
   // Under the lock: a pending future keeps its executor's owner alive, a resolved one may not.
   check_not_on_loop();
+  ++sleepers_;
+  struct count {
+    unsigned& n;
+    ~count() { --n; }
+  } counted{sleepers_};
   if (!deadline) {
     cv_.wait(lock, [&] { return is_done(status_); });
     return true;

@@ -463,10 +463,12 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   void pump() {
     if (queue_.empty() || broken_) return;
     const std::size_t limit = depth();
-    std::vector<worker*> ws;
+    auto& ws = pump_open_;  // members, to reuse their storage
+    auto& touched = pump_touched_;
+    ws.clear();
+    touched.clear();
     for (auto& w : workers_)
       if (w && accepts(*w) && w->held.size() < limit) ws.push_back(w.get());
-    std::vector<worker*> touched;
     while (!queue_.empty() && !ws.empty()) {
       auto it = std::min_element(ws.begin(), ws.end(), [](worker* a, worker* b) {
         return a->held.size() < b->held.size();
@@ -487,7 +489,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
       if (std::find(touched.begin(), touched.end(), &w) == touched.end()) touched.push_back(&w);
       if (w.held.size() >= limit || !accepts(w)) ws.erase(it);
     }
-    for (worker* w : touched) write(find(w));
+    for (worker* w : touched) write(find(w));  // write() does not pump: no reentry
   }
 
   std::shared_ptr<worker> find(worker* p) {
@@ -835,6 +837,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
   std::uint64_t next_seq_ = 1;
   double ema_ns_ = 0;
   bool pump_scheduled_ = false;
+  std::vector<worker*> pump_open_, pump_touched_;
   int delivering_ = 0;  // read handlers completing futures outside the lock
   bool closed_ = false;
   bool terminating_ = false;

@@ -77,6 +77,8 @@ class future_state_base : public std::enable_shared_from_this<future_state_base>
   void add_callback(std::function<void()> fn);
   // Blocks until done or `deadline`; true when done.
   bool wait_until(std::optional<std::chrono::steady_clock::time_point> deadline) const;
+  // Wakes the threads blocked in wait_until (resolution does it, or its completion_batch).
+  void wake_sleepers() const;
 
  protected:
   // Runs `set` under the lock and resolves, unless already done. Returns whether it resolved.
@@ -101,6 +103,7 @@ class future_state_base : public std::enable_shared_from_this<future_state_base>
 
   executor_type ex_;
   mutable std::condition_variable cv_;
+  mutable unsigned sleepers_ = 0;  // threads blocked in wait_until
   status status_ = status::pending;
   std::exception_ptr error_;
   std::uint64_t next_waiter_ = 0;
