@@ -839,6 +839,37 @@ TEST_F(map_test, a_chunk_runs_as_one_task_on_one_worker) {
   EXPECT_EQ(pool.stats().submitted, 10u) << "70 inputs in chunks of 7";
 }
 
+TEST_F(map_test, co_await_takes_buffered_results_without_a_trip_through_the_loop) {
+  process_pool pool(ex(), {.workers = 1});
+  run([&]() -> asio::awaitable<void> {
+    auto stream = pool.map(square, std::vector<int>{1, 2, 3, 4, 5}, {.chunksize = 5});
+    auto first = co_await stream.async_next();  // waits for the chunk
+    EXPECT_EQ(first, 1);
+    bool loop_ran = false;
+    asio::post(ex(), [&] { loop_ran = true; });
+    std::vector<int> rest;
+    for (;;) {
+      auto r = co_await stream.async_next();
+      if (!r) break;
+      rest.push_back(*r);
+    }
+    EXPECT_EQ(rest, (std::vector<int>{4, 9, 16, 25}));
+    EXPECT_FALSE(loop_ran) << "the rest of the chunk was buffered: no handler ran in between";
+    // Another token still completes through the executor, never inside the call.
+    auto again = pool.map(square, std::vector<int>{6, 7}, {.chunksize = 2});
+    co_await again.async_next();
+    bool completed = false;
+    again.async_next([&](std::exception_ptr, std::optional<int> r) {
+      EXPECT_EQ(r, 49);
+      completed = true;
+    });
+    EXPECT_FALSE(completed);
+    co_await asio::post(ex(), asio::use_awaitable);
+    EXPECT_TRUE(completed);
+    co_await pool.async_shutdown();
+  }());
+}
+
 TEST_F(map_test, an_unbounded_input_is_consumed_lazily) {
   process_pool pool(ex(), {.workers = 2});
   std::atomic<long> pulled{0};

@@ -10,6 +10,7 @@
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/append.hpp>
 #include <boost/asio/associated_executor.hpp>
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/compose.hpp>
 #include <boost/asio/dispatch.hpp>
@@ -26,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -224,6 +226,17 @@ class map_state : public std::enable_shared_from_this<map_state<R, Arg>> {
     }
   }
 
+  // Non-blocking next: nullopt while nothing is ready; else what next_blocking would give.
+  std::optional<std::optional<R>> try_next() {
+    std::unique_lock lock(m_);
+    bool ready;
+    auto r = take_locked(ready);
+    if (!ready) return std::nullopt;
+    lock.unlock();
+    fill();
+    return std::optional<std::optional<R>>(std::in_place, std::move(r));
+  }
+
   // Async next: completes `h` with the next result (or nullopt at the end, or an exception).
   void async_next(asio::any_completion_handler<void(std::exception_ptr, std::optional<R>)> h) {
     fill();
@@ -340,14 +353,20 @@ class result_stream {
           s->async_next_batch(std::move(h));
         }),
         next_blocking_([s] { return s->next_blocking(); }),
+        try_next_([s] { return s->try_next(); }),
         ex_(s->executor()) {}
 
   /// The next result. Completion: `void(std::exception_ptr, std::optional<R>)`. Cancellation:
-  /// none (the wait ends when a result, the end, or the timeout arrives).
+  /// none (the wait ends when a result, the end, or the timeout arrives). With the default
+  /// token (`use_awaitable`), a result that is already buffered is returned without a trip
+  /// through the event loop; a coroutine draining a ready chunk so runs at the blocking rate.
   template <typename Token = default_token>
   auto async_next(Token&& token = {}) {
-    return asio::async_initiate<Token, next_signature>(
-        [this](auto handler) { next_async_(std::move(handler)); }, token);
+    if constexpr (std::is_same_v<std::decay_t<Token>, asio::use_awaitable_t<>>)
+      return next_awaitable();
+    else
+      return asio::async_initiate<Token, next_signature>(
+          [this](auto handler) { next_async_(std::move(handler)); }, token);
   }
   /// Every result that is ready, at least one, in one completion (an empty vector after the
   /// last): for small results, one wakeup per chunk instead of one per result. Completion:
@@ -390,7 +409,14 @@ class result_stream {
   std::function<void(asio::any_completion_handler<next_signature>)> next_async_;
   std::function<void(asio::any_completion_handler<batch_signature>)> next_batch_;
   std::function<std::optional<R>()> next_blocking_;
+  std::function<std::optional<std::optional<R>>()> try_next_;
   executor_type ex_;
+
+  asio::awaitable<std::optional<R>> next_awaitable() {
+    if (auto r = try_next_()) co_return std::move(*r);
+    co_return co_await asio::async_initiate<const asio::use_awaitable_t<>&, next_signature>(
+        [this](auto handler) { next_async_(std::move(handler)); }, asio::use_awaitable);
+  }
 };
 
 }  // namespace coproc
