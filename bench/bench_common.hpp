@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -170,6 +171,38 @@ inline double parse_number(const std::string& s) {
   char* end = nullptr;
   double v = std::strtod(s.c_str(), &end);
   return end == s.c_str() ? std::nan("") : v;
+}
+
+/// Runs a Python peer (`python3 script args...`) and returns its `name: value unit` figures by
+/// name. Without python3, or when the peer fails, prints a note, sets `missing` (later calls
+/// then return at once) and returns no figures.
+inline std::map<std::string, double> python_peer_figures(const char* script,
+                                                         const std::vector<std::string>& args,
+                                                         bool& missing) {
+  std::map<std::string, double> out;
+  if (missing) return out;
+  std::vector<std::string> cmd{"python3", script};
+  cmd.insert(cmd.end(), args.begin(), args.end());
+  std::string text;
+  try {
+    text = capture(cmd);
+  } catch (const std::exception& e) {
+    std::printf("# note: Python peer skipped (%s)\n", e.what());
+    std::fflush(stdout);
+    missing = true;
+    return out;
+  }
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    std::size_t nl = text.find('\n', pos);
+    if (nl == std::string::npos) nl = text.size();
+    const std::string line = text.substr(pos, nl - pos);
+    const std::size_t colon = line.find(": ");
+    if (colon != std::string::npos)
+      out[line.substr(0, colon)] = parse_number(line.substr(colon + 2));
+    pos = nl + 1;
+  }
+  return out;
 }
 
 }  // namespace bench

@@ -485,30 +485,7 @@ void interleave(const std::vector<std::uint64_t>& chunks,
 
 // Runs pipe_peer.py and returns its figures by name; empty (after a note) without python3.
 std::map<std::string, double> python_figures(const std::vector<std::string>& args, bool& missing) {
-  std::map<std::string, double> out;
-  if (missing) return out;
-  std::vector<std::string> cmd{"python3", COPROC_BENCH_PIPE_PEER};
-  cmd.insert(cmd.end(), args.begin(), args.end());
-  std::string text;
-  try {
-    text = bench::capture(cmd);
-  } catch (const std::exception& e) {
-    std::printf("# note: Python peer skipped (%s)\n", e.what());
-    std::fflush(stdout);
-    missing = true;
-    return out;
-  }
-  std::size_t pos = 0;
-  while (pos < text.size()) {
-    std::size_t nl = text.find('\n', pos);
-    if (nl == std::string::npos) nl = text.size();
-    const std::string line = text.substr(pos, nl - pos);
-    const std::size_t colon = line.find(": ");
-    if (colon != std::string::npos)
-      out[line.substr(0, colon)] = bench::parse_number(line.substr(colon + 2));
-    pos = nl + 1;
-  }
-  return out;
+  return bench::python_peer_figures(COPROC_BENCH_PIPE_PEER, args, missing);
 }
 
 }  // namespace

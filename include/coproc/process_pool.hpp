@@ -393,34 +393,13 @@ class process_pool {
     using R = detail::apply_result_t<F, ArgsTuple>;
     static_assert(!std::is_void_v<R>, "coproc: map needs a function that returns a value");
     if (options.buffersize == 0) options.buffersize = 2 * size();
-    // The input: owned when it is an rvalue, referenced when it is an lvalue.
-    using View = std::views::all_t<Range>;
-    struct source {
-      View view;
-      std::ranges::iterator_t<View> it;
-      bool started = false;
-    };
-    auto src = std::make_shared<source>(source{std::views::all(std::forward<Range>(inputs)), {}});
-    typename detail::map_state<R, ArgsTuple>::puller pull =
-        [src, convert](std::vector<ArgsTuple>& c, std::size_t n) {
-          if (!src->started) {
-            src->it = std::ranges::begin(src->view);
-            src->started = true;
-          }
-          while (c.size() < n && src->it != std::ranges::end(src->view)) {
-            c.push_back(convert(*src->it));
-            ++src->it;
-          }
-          return src->it != std::ranges::end(src->view);
-        };
+    auto in = detail::read_lazily<ArgsTuple>(std::forward<Range>(inputs), std::move(convert));
     typename detail::map_state<R, ArgsTuple>::submitter submit = [core = core_,
                                                                   fn](std::vector<ArgsTuple> c) {
       return submit_impl<F, ArgsTuple>(core, detail::chunk_mode, fn, std::move(c));
     };
-    std::optional<std::size_t> total;
-    if constexpr (std::ranges::sized_range<View>) total = std::ranges::size(src->view);
     auto state = std::make_shared<detail::map_state<R, ArgsTuple>>(
-        get_executor(), std::move(pull), std::move(submit), std::move(options), total);
+        get_executor(), std::move(in.pull), std::move(submit), std::move(options), in.total);
     return result_stream<R>(std::move(state));
   }
 

@@ -27,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <ranges>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -51,6 +52,40 @@ struct map_options {
 };
 
 namespace detail {
+
+// A map's input, read lazily. `pull` fills a chunk with up to n converted elements and says
+// whether more remain; `total` is the size of a sized range. The range is owned when `inputs`
+// is an rvalue, referenced when it is an lvalue; begin() is called on the first pull.
+template <typename Arg>
+struct map_input {
+  std::function<bool(std::vector<Arg>&, std::size_t)> pull;
+  std::optional<std::size_t> total;
+};
+
+template <typename Arg, typename Range, typename Convert>
+map_input<Arg> read_lazily(Range&& inputs, Convert convert) {
+  using View = std::views::all_t<Range>;
+  struct source {
+    View view;
+    std::ranges::iterator_t<View> it;
+    bool started = false;
+  };
+  auto src = std::make_shared<source>(source{std::views::all(std::forward<Range>(inputs)), {}});
+  map_input<Arg> in;
+  if constexpr (std::ranges::sized_range<View>) in.total = std::ranges::size(src->view);
+  in.pull = [src, convert = std::move(convert)](std::vector<Arg>& c, std::size_t n) {
+    if (!src->started) {
+      src->it = std::ranges::begin(src->view);
+      src->started = true;
+    }
+    while (c.size() < n && src->it != std::ranges::end(src->view)) {
+      c.push_back(convert(*src->it));
+      ++src->it;
+    }
+    return src->it != std::ranges::end(src->view);
+  };
+  return in;
+}
 
 // The engine behind result_stream: pulls chunks from the input, submits them, and hands out
 // results in order (or as chunks complete). Shared by the process and thread pools.
