@@ -224,8 +224,7 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
           "process_pool \"" + opts_.name + "\": a task of " + std::to_string(t.frame.size() - 8) +
               " bytes exceeds max_message_size " + std::to_string(opts_.max_message_size));
     std::lock_guard lock(m_);
-    if (closed_)
-      throw std::logic_error("coproc::process_pool \"" + opts_.name + "\": submit after shutdown");
+    check_open_locked("submit");
     if (broken_) {
       ++stats_.submitted;
       ++stats_.failed;
@@ -243,6 +242,17 @@ class pool_core : public std::enable_shared_from_this<pool_core> {
       pump();
     else
       schedule_pump();
+  }
+
+  void check_open(const char* what) const {
+    std::lock_guard lock(m_);
+    check_open_locked(what);
+  }
+
+  void check_open_locked(const char* what) const {
+    if (closed_)
+      throw std::logic_error("coproc::process_pool \"" + opts_.name + "\": " + what +
+                             " after shutdown");
   }
 
   void shutdown(bool wait, bool cancel_futures) {
@@ -854,6 +864,7 @@ std::shared_ptr<pool_core> make_pool_core(executor_type ex, pool_options opts) {
   return core;
 }
 void pool_submit(pool_core& core, pool_task task) { core.submit(std::move(task)); }
+void pool_check_open(const pool_core& core, const char* what) { core.check_open(what); }
 start_method pool_method(const pool_core& core) { return core.options().method; }
 executor_type pool_executor(const pool_core& core) { return core.executor(); }
 std::size_t pool_workers(const pool_core& core) { return core.options().workers; }

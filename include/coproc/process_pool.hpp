@@ -211,6 +211,8 @@ void finish_task_frame(std::string& frame);
 // Pool engine entry points (src/process_pool.cpp).
 std::shared_ptr<pool_core> make_pool_core(executor_type ex, pool_options opts);
 void pool_submit(pool_core& core, pool_task task);
+// Throws std::logic_error naming the pool and `what` once the pool is shut down.
+void pool_check_open(const pool_core& core, const char* what);
 start_method pool_method(const pool_core& core);
 executor_type pool_executor(const pool_core& core);
 std::size_t pool_workers(const pool_core& core);
@@ -270,7 +272,8 @@ class process_pool {
   /// `fn(x)` for each `x` of `inputs`, as a stream of results (Python's `Executor.map`,
   /// `Pool.imap` and, with `ordered = false`, `Pool.imap_unordered`). `inputs` is consumed
   /// lazily, `buffersize` chunks ahead of the consumer; an lvalue range is referenced (keep it
-  /// alive while the stream is used), an rvalue range is moved into the stream.
+  /// alive while the stream is used), an rvalue range is moved into the stream. Throws
+  /// `std::logic_error` after `shutdown`.
   template <typename F, std::ranges::input_range Range>
   auto map(F fn, Range&& inputs, map_options options = {}) {
     using In = std::decay_t<std::ranges::range_reference_t<Range>>;
@@ -393,6 +396,7 @@ class process_pool {
     using R = detail::apply_result_t<F, ArgsTuple>;
     static_assert(!std::is_void_v<R>, "coproc: map needs a function that returns a value");
     if (options.buffersize == 0) options.buffersize = 2 * size();
+    detail::pool_check_open(*core_, "map");
     auto in = detail::read_lazily<ArgsTuple>(std::forward<Range>(inputs), std::move(convert));
     typename detail::map_state<R, ArgsTuple>::submitter submit = [core = core_,
                                                                   fn](std::vector<ArgsTuple> c) {
