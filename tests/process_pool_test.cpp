@@ -16,6 +16,7 @@
 #include "fixture.hpp"
 
 #include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <algorithm>
@@ -866,6 +867,46 @@ TEST_F(map_test, co_await_takes_buffered_results_without_a_trip_through_the_loop
     EXPECT_FALSE(completed);
     co_await asio::post(ex(), asio::use_awaitable);
     EXPECT_TRUE(completed);
+    co_await pool.async_shutdown();
+  }());
+}
+
+TEST_F(map_test, a_cancelled_wait_loses_no_result) {
+  using namespace asio::experimental::awaitable_operators;
+  gate g(ex());
+  process_pool pool(ex(), {.workers = 1});
+  run([&]() -> asio::awaitable<void> {
+    auto stream = pool.map(gate_first{g.started_fd(), g.gate_fd()}, std::vector<int>{0, 1, 2},
+                           {.chunksize = 1});
+    co_await g.started();  // element 0 runs, and blocks until the gate opens
+    // The waits cannot complete, so the timers win and the waits are cancelled.
+    asio::steady_timer timer(ex(), std::chrono::milliseconds(1));
+    auto raced = co_await (stream.async_next() || timer.async_wait(asio::use_awaitable));
+    EXPECT_EQ(raced.index(), 1u);
+    timer.expires_after(std::chrono::milliseconds(1));
+    auto raced_batch =
+        co_await (stream.async_next_batch() || timer.async_wait(asio::use_awaitable));
+    EXPECT_EQ(raced_batch.index(), 1u);
+    // Cancelled through a slot, with a callback.
+    auto outcome = std::make_shared<coproc::promise<std::exception_ptr>>(ex());
+    auto outcome_future = outcome->get_future();
+    asio::cancellation_signal cancel;
+    stream.async_next(asio::bind_cancellation_slot(
+        cancel.slot(), [outcome](std::exception_ptr e, std::optional<int> r) {
+          EXPECT_FALSE(r);
+          outcome->set_value(e);
+        }));
+    cancel.emit(asio::cancellation_type::terminal);
+    const std::exception_ptr e = co_await outcome_future.async_get();
+    EXPECT_EQ(code_of(e), asio::error::operation_aborted) << what_of(e);
+    g.open(3);
+    std::vector<int> got;
+    for (;;) {
+      auto r = co_await stream.async_next();
+      if (!r) break;
+      got.push_back(*r);
+    }
+    EXPECT_EQ(got, (std::vector<int>{0, 1, 4})) << "the cancelled waits lost nothing";
     co_await pool.async_shutdown();
   }());
 }

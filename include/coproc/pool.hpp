@@ -338,7 +338,7 @@ class pool {
     }
   }
 
-  // Every chunk submitted at the first pull, which `collect` makes on the calling thread.
+  // Every chunk submitted when the stream is made, on the calling thread.
   map_options whole_input_options(std::size_t n, std::size_t chunksize) const {
     map_options o;
     o.chunksize = chunksize != 0 ? chunksize : detail::pool_chunksize(n, size());

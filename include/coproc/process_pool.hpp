@@ -270,10 +270,10 @@ class process_pool {
   }
 
   /// `fn(x)` for each `x` of `inputs`, as a stream of results (Python's `Executor.map`,
-  /// `Pool.imap` and, with `ordered = false`, `Pool.imap_unordered`). `inputs` is consumed
-  /// lazily, `buffersize` chunks ahead of the consumer; an lvalue range is referenced (keep it
-  /// alive while the stream is used), an rvalue range is moved into the stream. Throws
-  /// `std::logic_error` after `shutdown`.
+  /// `Pool.imap` and, with `ordered = false`, `Pool.imap_unordered`). The first `buffersize`
+  /// chunks are submitted at the call, the rest as results are consumed, so `inputs` may be
+  /// unbounded; an lvalue range is referenced (keep it alive while the stream is used), an
+  /// rvalue range is moved into the stream. Throws `std::logic_error` after `shutdown`.
   template <typename F, std::ranges::input_range Range>
   auto map(F fn, Range&& inputs, map_options options = {}) {
     using In = std::decay_t<std::ranges::range_reference_t<Range>>;

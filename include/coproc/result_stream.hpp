@@ -1,6 +1,7 @@
 // `result_stream<R>`: the results of a pool's `map`, one at a time, as an awaitable stream and as
-// a blocking input range. The input is consumed lazily: only `buffersize` chunks are submitted
-// ahead of the consumer, so an unbounded input range works.
+// a blocking input range. The first `buffersize` chunks are submitted when the stream is made;
+// after that the input is consumed lazily, a chunk for each one consumed, so an unbounded input
+// range works.
 #pragma once
 
 #include <coproc/config.hpp>
@@ -9,8 +10,10 @@
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/append.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/compose.hpp>
 #include <boost/asio/dispatch.hpp>
@@ -162,6 +165,8 @@ class map_state : public std::enable_shared_from_this<map_state<R, Arg>> {
     }
   }
 
+  enum class wake { ready, timed_out, aborted };
+
   struct slot {
     std::size_t index;
     std::size_t count;
@@ -294,10 +299,15 @@ class map_state : public std::enable_shared_from_this<map_state<R, Arg>> {
       });
       return;
     }
-    // Wait for a chunk: the waiter re-runs async_next; a deadline timer races it.
+    // Wait for a chunk: the waiter re-runs async_next; a deadline timer and the handler's
+    // cancellation slot race it, and whichever comes first takes the handler.
     auto timer = deadline_ ? std::make_shared<asio::steady_timer>(ex_, *deadline_) : nullptr;
+    auto cancel_slot = asio::get_associated_cancellation_slot(h);
     auto shared = std::make_shared<std::optional<decltype(h)>>(std::move(h));
-    auto fire = [self, shared, timer](bool timed_out) {
+    std::weak_ptr<map_state> weak = self;
+    auto fire = [weak, shared, timer](wake why) {
+      auto self = weak.lock();
+      if (!self) return;
       std::optional<decltype(h)> handler;
       {
         std::lock_guard lock(self->m_);
@@ -306,20 +316,26 @@ class map_state : public std::enable_shared_from_this<map_state<R, Arg>> {
         self->waiter_ = nullptr;
       }
       if (timer) timer->cancel();
-      if (timed_out) {
-        auto hex = asio::get_associated_executor(*handler, self->ex_);
-        asio::dispatch(hex, asio::append(std::move(*handler),
-                                         std::make_exception_ptr(boost::system::system_error(
-                                             make_error_code(errc::timed_out), "map")),
-                                         std::optional<R>{}));
-      } else
-        self->async_next(std::move(*handler));
+      if (why == wake::ready) return self->async_next(std::move(*handler));
+      const error_code ec = why == wake::timed_out ? make_error_code(errc::timed_out)
+                                                   : error_code(asio::error::operation_aborted);
+      // Posted: a cancellation arrives inside the slot's handler, which must not complete
+      // the operation (and so clear the slot) while it runs.
+      asio::post(self->ex_, [self, h = std::move(*handler), ec]() mutable {
+        auto hex = asio::get_associated_executor(h, self->ex_);
+        asio::dispatch(hex,
+                       asio::append(std::move(h),
+                                    std::make_exception_ptr(boost::system::system_error(ec, "map")),
+                                    std::optional<R>{}));
+      });
     };
-    waiter_ = [fire] { fire(false); };
+    waiter_ = [fire] { fire(wake::ready); };
     lock.unlock();
+    if (cancel_slot.is_connected())
+      cancel_slot.assign([fire](asio::cancellation_type) { fire(wake::aborted); });
     if (timer)
       timer->async_wait([fire](error_code ec) {
-        if (!ec) fire(true);
+        if (!ec) fire(wake::timed_out);
       });
   }
 
@@ -327,8 +343,10 @@ class map_state : public std::enable_shared_from_this<map_state<R, Arg>> {
   void async_next_batch(asio::any_completion_handler<void(std::exception_ptr, std::vector<R>)> h) {
     auto self = this->shared_from_this();
     auto hex = asio::get_associated_executor(h, ex_);
-    async_next(asio::bind_executor(
-        hex, [self, h = std::move(h)](std::exception_ptr e, std::optional<R> r) mutable {
+    auto cancel_slot = asio::get_associated_cancellation_slot(h);
+    async_next(asio::bind_cancellation_slot(
+        cancel_slot, asio::bind_executor(hex, [self, h = std::move(h)](std::exception_ptr e,
+                                                                       std::optional<R> r) mutable {
           std::vector<R> v;
           if (!e && r) {
             v.push_back(std::move(*r));
@@ -337,7 +355,7 @@ class map_state : public std::enable_shared_from_this<map_state<R, Arg>> {
             self->buffered_.clear();
           }
           std::move(h)(e, std::move(v));
-        }));
+        })));
   }
 
   const executor_type& executor() const { return ex_; }
@@ -389,10 +407,13 @@ class result_stream {
         }),
         next_blocking_([s] { return s->next_blocking(); }),
         try_next_([s] { return s->try_next(); }),
-        ex_(s->executor()) {}
+        ex_(s->executor()) {
+    s->fill();  // the work starts now, as Python's map does: up to `buffersize` chunks
+  }
 
   /// The next result. Completion: `void(std::exception_ptr, std::optional<R>)`. Cancellation:
-  /// none (the wait ends when a result, the end, or the timeout arrives). With the default
+  /// per-operation, all types: the wait ends with `system_error(asio::error::operation_aborted)`
+  /// and loses no result (the next call gets it); the stream stays usable. With the default
   /// token (`use_awaitable`), a result that is already buffered is returned without a trip
   /// through the event loop; a coroutine draining a ready chunk so runs at the blocking rate.
   template <typename Token = default_token>

@@ -487,12 +487,12 @@ class thread_pool {
 
   /// `fn(x)` for each `x` of `inputs`, as a stream of results (Python's `Executor.map`; with
   /// `ordered = false`, in completion order). Each chunk of `chunksize` inputs is one task,
-  /// with its own copy of `fn` (which must be copy-constructible). `inputs` is consumed lazily,
-  /// `buffersize` chunks (default: twice the threads) ahead of the consumer; an lvalue range is
-  /// referenced (keep it alive while the stream is used), an rvalue range is moved into the
-  /// stream. Throws `std::logic_error` after `shutdown`; a stream whose pool shuts down before
-  /// it has submitted all its input ends with that `std::logic_error` after the results of the
-  /// chunks already submitted.
+  /// with its own copy of `fn` (which must be copy-constructible). The first `buffersize`
+  /// chunks (default: twice the threads) are submitted at the call, the rest as results are
+  /// consumed; an lvalue range is referenced (keep it alive while the stream is used), an
+  /// rvalue range is moved into the stream. Throws `std::logic_error` after `shutdown`; a stream
+  /// whose pool shuts down before it has submitted all its input ends with that `std::logic_error`
+  /// after the results of the chunks already submitted.
   template <typename F, std::ranges::input_range Range>
   auto map(F fn, Range&& inputs, map_options options = {}) {
     using In = std::decay_t<std::ranges::range_reference_t<Range>>;
